@@ -1,0 +1,9 @@
+"""Shared library of the medical vision-language MONAI Bundles.
+
+Leaves: ``data``, ``text``, ``vision``, ``peft``, ``losses``, ``metrics``, ``weights``; ``models`` composes them;
+``engines`` drives models; the bundles under ``bundles/`` wire everything in JSON.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
