@@ -1,1 +1,6 @@
-"""losses"""
+"""Contrastive losses: CLIP InfoNCE (with cross-rank gathering) and the label-aware pairwise sigmoid loss."""
+
+from .clip_loss import ClipLoss, LogitScale, clip_logits, gather_features
+from .pairwise_sigmoid import LabelAwarePairwiseSigmoidLoss, pair_targets
+
+__all__ = ["ClipLoss", "LogitScale", "clip_logits", "gather_features", "LabelAwarePairwiseSigmoidLoss", "pair_targets"]

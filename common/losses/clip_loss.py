@@ -1,0 +1,120 @@
+"""CLIP's symmetric InfoNCE with a learnable, clamped temperature and cross-rank negatives.
+
+Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021. The
+distributed form follows open_clip's ``ClipLoss``: each rank gathers every rank's features *with gradient*
+(``torch.distributed.nn.functional.all_gather``), so the local batch sees the global batch as negatives and the
+gradient of the full-batch loss flows back to every rank's encoders.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LogitScale", "ClipLoss", "gather_features", "clip_logits"]
+
+
+class LogitScale(nn.Module):
+    """The learnable inverse temperature ``exp(t)`` of CLIP, clamped from above.
+
+    CLIP initialises ``t = log(1/0.07)`` and clamps ``exp(t)`` at 100 so that training cannot make the softmax
+    arbitrarily sharp. The parameter lives in log space, so steps are multiplicative.
+
+    Args:
+        init: initial value of the scale (not its log); CLIP uses ``1 / 0.07``.
+        max_scale: upper clamp of the scale; CLIP uses 100.
+        learnable: whether the scale is a trainable parameter (else a buffer).
+    """
+
+    def __init__(self, init: float = 1 / 0.07, max_scale: float = 100.0, learnable: bool = True) -> None:
+        super().__init__()
+        if init <= 0 or max_scale <= 0:
+            raise ValueError(f"logit scale init and max_scale must be positive, got init={init}, max_scale={max_scale}")
+        if init > max_scale:
+            raise ValueError(f"logit scale init={init} exceeds max_scale={max_scale}")
+        log_init = torch.tensor(math.log(init), dtype=torch.float32)
+        if learnable:
+            self.log_scale = nn.Parameter(log_init)
+        else:
+            self.register_buffer("log_scale", log_init)
+        self.max_log_scale = math.log(max_scale)
+
+    def forward(self) -> torch.Tensor:
+        """The clamped scale, a scalar tensor."""
+        return self.log_scale.clamp(max=self.max_log_scale).exp()
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def gather_features(features: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, int]:
+    """Concatenate ``features`` (B, D) from every rank; returns (world_B, D) and this rank's offset.
+
+    With ``with_grad`` the gather is differentiable (``torch.distributed.nn.functional.all_gather``), so each
+    rank's loss sends gradient to the features of every rank. Without it, the local slice keeps its graph and
+    the others are constants (open_clip's ``gather_with_grad=False``). Single process: returned unchanged.
+    """
+    if not _distributed():
+        return features, 0
+    rank = torch.distributed.get_rank()
+    if with_grad:
+        import torch.distributed.nn.functional as dist_fn
+
+        gathered = list(dist_fn.all_gather(features))
+    else:
+        gathered = [torch.zeros_like(features) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, features)
+        gathered[rank] = features
+    sizes = [g.shape[0] for g in gathered]
+    return torch.cat(gathered, dim=0), sum(sizes[:rank])
+
+
+def clip_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """``logit_scale * image_features @ text_features.T``, shape (B_image, B_text)."""
+    return logit_scale * image_features @ text_features.t()
+
+
+class ClipLoss(nn.Module):
+    """Symmetric InfoNCE: mean of image→text and text→image cross-entropy over the batch.
+
+    Pair ``i`` of the batch is the positive of row ``i``; every other pair in the (gathered) batch is a negative.
+    Under DDP, the local rows are scored against the features gathered from all ranks and the targets are
+    offset by this rank's position (open_clip's ``local_loss=True`` form, which gives the same gradient as the
+    global loss once DDP averages across ranks).
+
+    Args:
+        gather_with_grad: gather features across ranks with gradient (recommended; open_clip's default for
+            large-scale training).
+        normalize: L2-normalise the features first. Models that already return normalised features may set
+            this to False to save work.
+    """
+
+    def __init__(self, gather_with_grad: bool = True, normalize: bool = True) -> None:
+        super().__init__()
+        self.gather_with_grad = gather_with_grad
+        self.normalize = normalize
+
+    def forward(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+    ) -> torch.Tensor:
+        """Args: image_features (B, D), text_features (B, D), logit_scale scalar. Returns the scalar loss."""
+        if image_features.ndim != 2 or image_features.shape != text_features.shape:
+            raise ValueError(
+                f"ClipLoss needs image and text features of the same shape (B, D); got "
+                f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
+            )
+        if image_features.shape[0] < 2 and not _distributed():
+            raise ValueError("ClipLoss needs at least 2 pairs in a batch (one positive, one negative); got 1")
+        if self.normalize:
+            image_features = F.normalize(image_features, dim=-1)
+            text_features = F.normalize(text_features, dim=-1)
+        all_images, offset = gather_features(image_features, self.gather_with_grad)
+        all_texts, _ = gather_features(text_features, self.gather_with_grad)
+        targets = torch.arange(image_features.shape[0], device=image_features.device) + offset
+        logits_per_image = clip_logits(image_features, all_texts, logit_scale)
+        logits_per_text = clip_logits(text_features, all_images, logit_scale)
+        return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))
