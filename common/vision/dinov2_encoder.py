@@ -1,0 +1,86 @@
+"""DINOv2 (with registers) image encoder through ``transformers``, with CLEFT's pooling.
+
+Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision", TMLR 2024; Darcet et al.,
+"Vision Transformers Need Registers", ICLR 2024. CLEFT (Du et al., MICCAI 2024, arXiv 2407.21011) pools the
+image as the mean over *all* tokens (CLS, registers and patches) of the last block's output **before** the
+final LayerNorm (its ``--pool_feat``, credited to FLIP); the normed CLS token is the alternative.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+
+from common.weights.hf_loading import load_or_build_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DINOv2Encoder", "POOLING_MODES"]
+
+POOLING_MODES = ("mean_prenorm", "cls")
+
+
+class DINOv2Encoder(nn.Module):
+    """Image ``(B, C, H, W)`` -> pooled feature ``(B, hidden_size)``.
+
+    Args:
+        model: a ``Dinov2WithRegistersModel`` or ``Dinov2Model`` (anything with ``embeddings``, ``encoder``,
+            ``layernorm``).
+        pooling: ``"mean_prenorm"`` (official CLEFT pooling) or ``"cls"`` (normed CLS token).
+    """
+
+    def __init__(self, model: PreTrainedModel, pooling: str = "mean_prenorm") -> None:
+        super().__init__()
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"image_pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        for part in ("embeddings", "encoder", "layernorm"):
+            if not hasattr(model, part):
+                raise ValueError(f"image encoder {type(model).__name__} has no '{part}': expected a DINOv2 model")
+        self.model = model
+        self.pooling = pooling
+
+    @classmethod
+    def from_config(
+        cls,
+        model_path: str | Path | None = None,
+        config: Mapping[str, Any] | None = None,
+        pooling: str = "mean_prenorm",
+        gradient_checkpointing: bool = False,
+        key: str = "image_model_path",
+    ) -> DINOv2Encoder:
+        """Load from a local Hugging Face folder (``facebook/dinov2-with-registers-base`` layout) or build from ``config``.
+
+        Position embeddings are interpolated by ``transformers`` when the input size differs from the
+        checkpoint's (518 for the released DINOv2; CLEFT feeds 224).
+        """
+        model = load_or_build_model(model_path, config, auto_class=AutoModel, key=key)
+        if gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return cls(model, pooling=pooling)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Args: pixel_values ``(B, C, H, W)``. Returns ``(B, hidden_size)``."""
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"image encoder expects a batch of 2D images (B, C, H, W), got shape {tuple(pixel_values.shape)}"
+            )
+        expected_channels = int(self.model.config.num_channels)
+        if pixel_values.shape[1] != expected_channels:
+            raise ValueError(
+                f"image encoder expects {expected_channels} channels, got {pixel_values.shape[1]} "
+                f"(shape {tuple(pixel_values.shape)}); repeat greyscale to 3 channels in preprocessing"
+            )
+        tokens = self.model.embeddings(pixel_values)  # (B, 1 + registers + patches, D)
+        prenorm = self.model.encoder(tokens).last_hidden_state
+        if self.pooling == "mean_prenorm":
+            return prenorm.mean(dim=1)
+        return self.model.layernorm(prenorm)[:, 0]
