@@ -1,0 +1,240 @@
+"""Study manifests (CSV or JSONL): one row per study, paths relative to ``dataset_dir``, patient-level splits.
+
+Columns: ``image`` (path: DICOM file or folder, NIfTI, PNG/JPG), ``report`` (free text), label columns,
+``patient_id`` and ``split`` (``train`` / ``val`` / ``test``). A bad row raises an error naming the file, the row
+(1-based data row; the CSV header is not counted) and the field, or, with ``skip_bad_rows``, is skipped with one
+warning line per row and a count at the end. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ManifestError", "read_manifest_rows", "load_manifest", "write_manifest", "assign_patient_splits", "SPLITS"]
+
+SPLITS = ("train", "val", "test")
+
+
+class ManifestError(ValueError):
+    """A manifest row that cannot be used; the message names file, row and field."""
+
+
+def read_manifest_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Read raw rows from a ``.csv`` (real CSV parser: quotes and newlines in reports are fine) or ``.jsonl``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [dict(row) for row in csv.DictReader(handle)]
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = []
+        with open(path, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ManifestError(f"{path}: line {line_number} is not valid JSON: {err}") from err
+        return rows
+    raise ValueError(f"manifest {path} must be .csv or .jsonl, got '{path.suffix}'")
+
+
+def _parse_label(value: Any, column: str, class_names: Sequence[str] | None) -> int | float:
+    """A label cell as a number; class names map to their index; anything else is an error."""
+    if class_names is not None:
+        if isinstance(value, str) and value.strip() in class_names:
+            return class_names.index(value.strip())
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() and 0 <= int(value) < len(class_names):
+            return int(value)
+        raise ManifestError(f"unknown label value {value!r}; expected one of {list(class_names)}")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ManifestError("label is empty")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ManifestError(f"label value {value!r} is not a number (give class_names to map text labels)") from None
+    if math.isnan(number):
+        raise ManifestError("label is NaN")
+    return int(number) if number.is_integer() else number
+
+
+def _check_row(
+    raw: Mapping[str, Any],
+    dataset_dir: Path | None,
+    label_columns: Sequence[str],
+    class_names: Mapping[str, Sequence[str]],
+    require_report: bool,
+    image_key: str,
+    check_files: bool,
+) -> dict[str, Any]:
+    """Validate and normalise one row; raises ManifestError('field ...: ...')."""
+    row: dict[str, Any] = dict(raw)
+    if image_key:
+        image = str(raw.get(image_key) or "").strip()
+        if not image:
+            raise ManifestError(f"field '{image_key}': empty image path")
+        path = Path(image)
+        if not path.is_absolute() and dataset_dir is not None:
+            path = dataset_dir / path
+        if check_files and not path.exists():
+            raise ManifestError(f"field '{image_key}': file not found: {path}")
+        row[image_key] = str(path)
+    if require_report or "report" in raw:
+        report = raw.get("report")
+        if require_report and (report is None or not str(report).strip()):
+            raise ManifestError("field 'report': empty report")
+        row["report"] = "" if report is None else str(report)
+    for column in label_columns:
+        if column not in raw:
+            raise ManifestError(f"field '{column}': label column missing")
+        try:
+            row[column] = _parse_label(raw[column], column, class_names.get(column))
+        except ManifestError as err:
+            raise ManifestError(f"field '{column}': {err}") from None
+    split = str(raw.get("split") or "").strip().lower()
+    if split and split not in SPLITS:
+        raise ManifestError(f"field 'split': unknown split {split!r}; expected one of {SPLITS}")
+    row["split"] = split
+    row["patient_id"] = str(raw.get("patient_id") or "").strip()
+    return row
+
+
+def load_manifest(
+    path: str | Path,
+    dataset_dir: str | Path | None = None,
+    split: str | Sequence[str] | None = None,
+    label_columns: Sequence[str] | None = None,
+    class_names: Mapping[str, Sequence[str]] | None = None,
+    require_report: bool = False,
+    image_key: str = "image",
+    check_files: bool = True,
+    skip_bad_rows: bool = False,
+) -> list[dict[str, Any]]:
+    """Read, validate and filter a manifest.
+
+    Args:
+        path: the manifest; relative paths are taken against ``dataset_dir`` when not found as given.
+        dataset_dir: root for relative image paths (default: the manifest's folder).
+        split: keep only these split(s) (``"train"`` or ``["val", "test"]``); None keeps all.
+        label_columns: columns that must hold a numeric label (or a class name, see ``class_names``).
+        class_names: ``{column: [name0, name1, ...]}`` for text-valued labels; unknown values are errors.
+        require_report: an empty or whitespace-only report is an error.
+        image_key: the image path column ("" for text-only manifests).
+        check_files: check that every image path exists.
+        skip_bad_rows: warn once per bad row and skip it (with a count at the end) instead of raising.
+
+    Returns:
+        Row dicts with absolute ``image`` paths, parsed labels, ``split``, ``patient_id``, and the context keys
+        ``row`` (1-based) and ``manifest`` used in later error messages.
+    """
+    path = Path(path)
+    if not path.is_file() and dataset_dir is not None and (Path(dataset_dir) / path).is_file():
+        path = Path(dataset_dir) / path
+    root = Path(dataset_dir) if dataset_dir else path.parent
+    raw_rows = read_manifest_rows(path)
+    if not raw_rows:
+        raise ManifestError(f"manifest {path} has no rows")
+    wanted = {split} if isinstance(split, str) else set(split) if split else None
+    if wanted and not wanted <= set(SPLITS):
+        raise ValueError(f"split must be among {SPLITS}, got {sorted(wanted)}")
+    label_columns = list(label_columns or [])
+    missing_columns = [c for c in label_columns if c not in raw_rows[0]]
+    if missing_columns:
+        raise ManifestError(f"{path}: label column(s) {missing_columns} missing; columns are {list(raw_rows[0])}")
+    rows, bad = [], 0
+    for number, raw in enumerate(raw_rows, start=1):
+        try:
+            row = _check_row(raw, root, label_columns, class_names or {}, require_report, image_key, check_files)
+        except ManifestError as err:
+            message = f"{path}: row {number}: {err}"
+            if not skip_bad_rows:
+                raise ManifestError(message) from None
+            logger.warning("skipping bad row: %s", message)
+            bad += 1
+            continue
+        row["row"], row["manifest"] = number, str(path)
+        if wanted is None or row["split"] in wanted:
+            rows.append(row)
+    if bad:
+        logger.warning("%s: skipped %d bad row(s) of %d", path, bad, len(raw_rows))
+    _check_patient_leak(rows, path)
+    if not rows:
+        raise ManifestError(f"{path}: no rows left for split {sorted(wanted) if wanted else 'any'}")
+    return rows
+
+
+def _check_patient_leak(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
+    """A patient whose studies sit in two splits leaks information between them: an error."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        patient, split = row.get("patient_id"), row.get("split")
+        if not patient or not split:
+            continue
+        if seen.setdefault(patient, split) != split:
+            raise ManifestError(
+                f"{path}: row {row.get('row')}: field 'split': patient {patient!r} is in both {seen[patient]!r} and "
+                f"{split!r}; splits must be patient-level"
+            )
+
+
+def assign_patient_splits(
+    rows: Sequence[dict[str, Any]], fractions: Mapping[str, float] | None = None, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Give every row a ``split`` by a stable hash of its ``patient_id`` (all studies of a patient together).
+
+    Hashing, rather than shuffling, keeps a patient's split unchanged when rows are added to the manifest.
+    """
+    fractions = dict(fractions or {"train": 0.7, "val": 0.15, "test": 0.15})
+    total = sum(fractions.values())
+    if total <= 0 or any(f < 0 for f in fractions.values()):
+        raise ValueError(f"split fractions must be non-negative and sum above 0, got {fractions}")
+    bounds, acc = [], 0.0
+    for name, fraction in fractions.items():
+        acc += fraction / total
+        bounds.append((acc, name))
+    out = []
+    for row in rows:
+        patient = str(row.get("patient_id") or "")
+        if not patient:
+            raise ManifestError(f"row {row.get('row', '?')}: field 'patient_id' is empty; patient-level splits need it")
+        digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        split = next(name for bound, name in bounds if u < bound or bound == bounds[-1][0])
+        out.append({**row, "split": split})
+    return out
+
+
+def write_manifest(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Write rows as CSV or JSONL (by suffix), atomically: a partial file never replaces a good one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            if path.suffix.lower() == ".csv":
+                writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+            elif path.suffix.lower() in (".jsonl", ".ndjson"):
+                for row in rows:
+                    handle.write(json.dumps({c: row.get(c) for c in columns}) + "\n")
+            else:
+                raise ValueError(f"manifest {path} must be .csv or .jsonl")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
