@@ -1,0 +1,138 @@
+"""Checkpoints of the report generator that hold only what was trained: the projector and the LoRA adapters.
+
+Layout of a checkpoint folder::
+
+    projector.safetensors          the projector's weights (safetensors, no pickle)
+    llm_lora/                      PEFT folder (adapter_config.json + adapter_model.safetensors), stage 2 only
+    vision_lora/                   PEFT folder, only when LoRA was put on the vision encoder
+    base_models.json               which base models the adapters belong to
+
+The folder is written under a temporary name and swapped in with ``os.replace``, so an interrupted save never
+leaves a half-written checkpoint in place of the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
+from common.models.report_generator import ReportGenerator
+from common.peft.lora import load_lora_folder, load_lora_state_dict, save_lora_folder
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["save_report_gen_checkpoint", "load_report_gen_checkpoint", "ReportGenCheckpointSaver"]
+
+PROJECTOR_FILE = "projector.safetensors"
+
+
+def _unwrap(module: Any) -> Any:
+    """The network inside DDP / DataParallel."""
+    return getattr(module, "module", module)
+
+
+def save_report_gen_checkpoint(model: ReportGenerator, directory: str | Path, record: dict[str, Any] | None = None) -> Path:
+    """Write the projector (and the LoRA adapters, when present) to ``directory``, atomically.
+
+    Args:
+        model: the report generator (or DDP around it).
+        directory: the checkpoint folder; replaced as a whole.
+        record: what the adapters belong to (base model paths/configs), written to ``base_models.json``.
+    """
+    model = _unwrap(model)
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
+        save_file(state, str(tmp / PROJECTOR_FILE), metadata={"format": "pt", "projector_type": model.projector.kind})
+        if isinstance(model.language_model, PeftModel):
+            save_lora_folder(model.language_model, tmp / "llm_lora")
+        if isinstance(model.vision_encoder.model, PeftModel):
+            save_lora_folder(model.vision_encoder.model, tmp / "vision_lora")
+        (tmp / "base_models.json").write_text(json.dumps(record or {}, indent=2, default=str))
+        old = None
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _load_adapters(owner: Any, attribute: str, folder: Path) -> None:
+    """Load a PEFT folder into ``owner.<attribute>``: into the existing adapters, or wrapping the base model."""
+    current = getattr(owner, attribute)
+    if isinstance(current, PeftModel):
+        load_lora_state_dict(current, load_file(str(folder / "adapter_model.safetensors")))
+    else:
+        setattr(owner, attribute, load_lora_folder(current, folder, is_trainable=False))
+
+
+def load_report_gen_checkpoint(model: ReportGenerator, directory: str | Path, load_adapters: bool = True) -> ReportGenerator:
+    """Load a checkpoint written by :func:`save_report_gen_checkpoint` into ``model`` (in place; returned).
+
+    Args:
+        model: a report generator with the same base models.
+        directory: the checkpoint folder.
+        load_adapters: also load the LoRA folders (False loads only the projector: the start of stage 2).
+    """
+    target = _unwrap(model)
+    directory = Path(directory)
+    projector_file = directory / PROJECTOR_FILE
+    if not projector_file.is_file():
+        raise FileNotFoundError(f"no report generator checkpoint at {directory} ({PROJECTOR_FILE} missing)")
+    state = load_file(str(projector_file))
+    expected = target.projector.state_dict()
+    mismatched = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items() if k in expected and v.shape != expected[k].shape}
+    if set(state) != set(expected) or mismatched:
+        raise ValueError(
+            f"{projector_file} does not fit the projector: keys in file {sorted(state)}, expected {sorted(expected)}, "
+            f"shape (file, model) mismatches {mismatched}"
+        )
+    target.projector.load_state_dict(state)
+    if load_adapters:
+        if (directory / "llm_lora").is_dir():
+            _load_adapters(target, "language_model", directory / "llm_lora")
+        if (directory / "vision_lora").is_dir():
+            _load_adapters(target.vision_encoder, "model", directory / "vision_lora")
+    logger.info("loaded report generator checkpoint %s", directory)
+    return model
+
+
+class ReportGenCheckpointSaver:
+    """Ignite handler: save the trained weights to ``save_dir`` every ``save_interval`` epochs and at the end.
+
+    Only rank 0 writes (the trainer's handlers run on every rank under DDP).
+    """
+
+    def __init__(self, save_dir: str | Path, network: ReportGenerator, save_interval: int = 1, record: dict | None = None):
+        self.save_dir = Path(save_dir)
+        self.network = network
+        self.save_interval = max(int(save_interval), 1)
+        self.record = record or {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        save_report_gen_checkpoint(self.network, self.save_dir, {**self.record, "epoch": engine.state.epoch})
+        logger.info("saved report generator checkpoint to %s (epoch %d)", self.save_dir, engine.state.epoch)
