@@ -43,6 +43,20 @@ class DINOv2Encoder(nn.Module):
                 raise ValueError(f"image encoder {type(model).__name__} has no '{part}': expected a DINOv2 model")
         self.model = model
         self.pooling = pooling
+        self._freeze_unused()
+
+    def _freeze_unused(self) -> None:
+        """Parameters the forward never uses stay frozen (no DDP unused-parameter errors, no dead weights saved)."""
+        mask_token = getattr(self.model.embeddings, "mask_token", None)
+        if mask_token is not None:  # only for masked-image pre-training
+            mask_token.requires_grad_(False)
+        if self.pooling == "mean_prenorm":  # the final LayerNorm is bypassed
+            self.model.layernorm.requires_grad_(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> DINOv2Encoder:
+        super().requires_grad_(requires_grad)
+        self._freeze_unused()
+        return self
 
     @classmethod
     def from_config(

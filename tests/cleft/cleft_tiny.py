@@ -19,3 +19,24 @@ def tiny_dinov2_config() -> dict:
     return {"model_type": "dinov2_with_registers", "hidden_size": 32, "num_hidden_layers": 2,
             "num_attention_heads": 2, "intermediate_size": 64, "image_size": 28, "patch_size": 14,
             "num_register_tokens": 4}
+
+
+def tiny_cleft(tokenizer, lora_dropout: float = 0.0, seed: int = 0, max_length: int = 32):
+    """A tiny CLEFT (2-layer DINOv2 with registers at 28x28, 2-layer GPT-2 with LoRA) with fixed random weights."""
+    import torch
+
+    from common.models.cleft import CLEFT
+    from common.text.causal_lm_encoder import CausalLMEncoder
+    from common.vision.dinov2_encoder import DINOv2Encoder
+
+    torch.manual_seed(seed)
+    image_encoder = DINOv2Encoder.from_config(config=tiny_dinov2_config())
+    text_encoder = CausalLMEncoder.from_config(
+        config=tiny_gpt2_config(len(tokenizer)), tokenizer=tokenizer, max_length=max_length, lora_dropout=lora_dropout
+    )
+    model = CLEFT(image_encoder, text_encoder, embed_dim=16)
+    with torch.no_grad():  # non-zero LoRA B so that LoRA A receives gradient from the first step
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn_like(param) * 0.1)
+    return model

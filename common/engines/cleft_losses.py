@@ -1,0 +1,37 @@
+"""CLEFT losses in the house form ``loss(output_dict, targets) -> scalar``.
+
+Stage 1 is CLIP's symmetric InfoNCE on the network's ``image_features``/``text_features`` (negatives gathered
+across ranks under DDP); stage 2 is cross-entropy over the K class prompts' ``logits``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.losses.clip_loss import ClipLoss
+
+__all__ = ["CLEFTContrastiveLoss", "PromptClassificationLoss"]
+
+
+class CLEFTContrastiveLoss(nn.Module):
+    """Symmetric InfoNCE (mean of both directions) on a CLEFT output dict; ``targets`` is unused (pairs)."""
+
+    def __init__(self, gather_with_grad: bool = True) -> None:
+        super().__init__()
+        self.clip_loss = ClipLoss(gather_with_grad=gather_with_grad, normalize=False)  # features come normalised
+
+    def forward(self, output: Mapping[str, torch.Tensor], targets: object = None) -> torch.Tensor:
+        return self.clip_loss(output["image_features"], output["text_features"], output["logit_scale"])
+
+
+class PromptClassificationLoss(nn.Module):
+    """Cross-entropy of ``output["logits"]`` ``(B, K)`` against class indices ``targets`` ``(B,)``."""
+
+    def forward(self, output: Mapping[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        if targets is None:
+            raise ValueError("prompt tuning needs class labels: the batch has no 'label' targets")
+        return F.cross_entropy(output["logits"], targets.long())
