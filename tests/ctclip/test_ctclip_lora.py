@@ -1,0 +1,81 @@
+"""LoRA on CT-CLIP: only adapters train, the codebook stays bit-identical, adapters reload to identical outputs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from common.engines.ctclip_training import CTCLIPLoss, apply_ctclip_lora
+from common.models.ctclip import CTCLIP, CXR_BERT_CONFIG
+from common.peft.lora import load_lora_folder, lora_state_dict, parameter_summary, save_lora_folder
+from common.vision.ctvit import CTViT, FULL_CTVIT_CONFIG
+
+
+def _batch(expected, volume):
+    return {"image": volume, "input_ids": expected["input.text_input_ids"], "attention_mask": expected["input.text_attention_mask"]}
+
+
+def test_paper_parameter_count_on_full_size_meta_model():
+    with torch.device("meta"):
+        model = CTCLIP(CTViT(**FULL_CTVIT_CONFIG), BertModel(BertConfig(**CXR_BERT_CONFIG)), 294912, 768, 512)
+        peft_model = apply_ctclip_lora(model, rank=24, alpha=48)
+    summary = parameter_summary(peft_model)
+    assert summary.trainable == 1_671_168  # "1.67M" of MedCT-VLM
+    assert summary.total == 438_148_761 + 1_671_168
+    assert round(summary.percent, 2) == 0.38
+
+
+def test_one_step_changes_only_adapters(tiny_ctclip, expected, reference_volume):
+    model = apply_ctclip_lora(tiny_ctclip, rank=4, alpha=8)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=1.0)
+    # LoRA B starts at zero: take two steps so both A and B move
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = CTCLIPLoss("clip")(model(_batch(expected, reference_volume)))
+        loss.backward()
+        optimizer.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" in k for k in changed), sorted(changed)
+    assert any("visual_transformer" in k for k in changed), "no vision adapter moved: straight-through broken"
+    assert any("text_transformer" in k for k in changed)
+    for key in ("embed", "cluster_size", "initted"):
+        full = f"base_model.model.visual_transformer.vq._codebook.{key}"
+        assert torch.equal(before[full], after[full])
+
+
+def test_adapters_reload_to_identical_outputs(tmp_path, tiny_ctclip, reference_dir, reference_config, expected, reference_volume):
+    model = apply_ctclip_lora(copy.deepcopy(tiny_ctclip), rank=4, alpha=8)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # non-zero adapters, so the test can fail
+    model.eval()
+    with torch.no_grad():
+        reference = model(_batch(expected, reference_volume))
+        base = tiny_ctclip(_batch(expected, reference_volume))
+    assert not torch.allclose(reference["image_latents"], base["image_latents"])
+    save_lora_folder(model, tmp_path / "adapters")
+    size = sum(f.stat().st_size for f in (tmp_path / "adapters").iterdir())
+    assert size < 200_000
+    fresh = CTCLIP.from_config(
+        reference_config["ctvit_config"], reference_config["bert_config"], dim_latent=16,
+        pretrained_path=str(reference_dir / "ctclip_tiny.safetensors"), bert_attn_implementation="eager",
+    )
+    reloaded = load_lora_folder(fresh, tmp_path / "adapters").eval()
+    with torch.no_grad():
+        again = reloaded(_batch(expected, reference_volume))
+    for key in ("image_latents", "text_latents"):
+        assert torch.equal(again[key], reference[key])
+    assert set(lora_state_dict(reloaded)) == set(lora_state_dict(model))
+
+
+def test_unknown_target_is_named(tiny_ctclip):
+    with pytest.raises(ValueError, match="lora_targets_vision"):
+        apply_ctclip_lora(tiny_ctclip, targets_vision=["to_qkv"])
