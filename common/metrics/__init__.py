@@ -1,1 +1,13 @@
-"""metrics"""
+"""Classification, retrieval, zero-shot and report-generation metrics."""
+
+
+def __getattr__(name: str):
+    """Import submodules on first attribute access, so configs can write ``common.metrics.<module>.<name>``."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"{__name__}.{name}":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        raise

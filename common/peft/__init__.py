@@ -1,1 +1,13 @@
-"""peft"""
+"""LoRA application (PEFT), learnable context prompts, soft visual prompts."""
+
+
+def __getattr__(name: str):
+    """Import submodules on first attribute access, so configs can write ``common.peft.<module>.<name>``."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"{__name__}.{name}":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        raise
