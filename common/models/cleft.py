@@ -27,28 +27,9 @@ from common.vision.dinov2_encoder import DINOv2Encoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLEFT", "CLEFTClassifier", "trained_state_dict", "load_trained_state_dict", "CHEXPERT_TEMPLATE"]
+__all__ = ["CLEFT", "CLEFTClassifier", "CHEXPERT_TEMPLATE"]
 
 CHEXPERT_TEMPLATE = "this is a chest x ray of a patient with {}"
-
-
-def trained_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that train (``requires_grad``), detached and contiguous: what a checkpoint needs."""
-    return {name: p.detach().contiguous() for name, p in module.named_parameters() if p.requires_grad}
-
-
-def load_trained_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load a :func:`trained_state_dict` strictly: every key must exist in ``module`` with the same shape."""
-    own = dict(module.named_parameters())
-    unknown = sorted(set(state_dict) - set(own))
-    if unknown:
-        raise ValueError(f"{source} holds {len(unknown)} key(s) the model does not have, e.g. {unknown[:3]}")
-    for name, value in state_dict.items():
-        if tuple(own[name].shape) != tuple(value.shape):
-            raise ValueError(f"{source}: {name} has shape {tuple(value.shape)}, model expects {tuple(own[name].shape)}")
-    with torch.no_grad():
-        for name, value in state_dict.items():
-            own[name].copy_(value.to(own[name].dtype))
 
 
 class CLEFT(nn.Module):
@@ -121,6 +102,8 @@ class CLEFTClassifier(nn.Module):
         trainable: what trains besides the context: any of ``"image_encoder"``, ``"image_projection"``,
             ``"logit_scale"``. The LM, its LoRA and the text projection always stay frozen. The official code
             also trains the ViT, image projection and scale in stage 2; the paper's description freezes them.
+        freeze_clip: freeze the dual encoder (except ``trainable``); default: when a context is given (stage 2).
+            The zero-shot validator of stage 1 wraps the network under training and must not freeze it.
     """
 
     TRAINABLE_PARTS = ("image_encoder", "image_projection", "logit_scale")
@@ -132,6 +115,7 @@ class CLEFTClassifier(nn.Module):
         template: str = CHEXPERT_TEMPLATE,
         context: ContextPrompt | None = None,
         trainable: Sequence[str] = (),
+        freeze_clip: bool | None = None,
     ) -> None:
         super().__init__()
         if not class_names or len(set(class_names)) != len(class_names):
@@ -145,14 +129,20 @@ class CLEFTClassifier(nn.Module):
         self.class_names = list(class_names)
         self.template = template
         self.context = context
-        self.clip.requires_grad_(False)
-        for part in trainable:
-            getattr(self.clip, part).requires_grad_(True)
+        if freeze_clip is None:
+            freeze_clip = context is not None
+        if freeze_clip:
+            self.clip.requires_grad_(False)
+            for part in trainable:
+                getattr(self.clip, part).requires_grad_(True)
+        elif trainable:
+            raise ValueError(f"stage2_trainable={list(trainable)} needs freeze_clip=True (everything else frozen)")
         if context is not None and context.context.shape[1] != clip.text_encoder.hidden_size:
             raise ValueError(
                 f"context width {context.context.shape[1]} != text encoder hidden size {clip.text_encoder.hidden_size}"
             )
-        logger.info("CLEFT classifier trainable parameters: %s", parameter_summary(self))
+        if freeze_clip:
+            logger.info("CLEFT classifier trainable parameters: %s", parameter_summary(self))
 
     def class_prompts(self) -> list[str]:
         """The K texts fed to the LM (after the context, if any)."""

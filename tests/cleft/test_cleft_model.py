@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from cleft_tiny import CLASS_NAMES, TEMPLATE, tiny_cleft
-from safetensors.torch import load_file, save_file
 
 from common.engines.cleft_losses import PromptClassificationLoss
 from common.engines.cleft_prepare_batch import CLEFTPrepareBatch, label_matrix
-from common.models.cleft import CLEFTClassifier, load_trained_state_dict, trained_state_dict
+from common.engines.checkpoint import load_trained_weights, save_safetensors, trained_state_dict
+from common.models.cleft import CLEFTClassifier
 from common.peft.context_prompt import ContextPrompt
 from common.peft.lora import load_lora_folder, save_lora_folder
 
@@ -54,18 +54,19 @@ def test_checkpoint_reload_gives_identical_outputs(tokenizer, tmp_path):
                 p.add_(0.01 * torch.randn_like(p))
     state = trained_state_dict(trained)
     assert all(not k.startswith("text_encoder.") or "lora_" in k for k in state)  # no frozen LM weights saved
-    save_file(state, str(tmp_path / "model.safetensors"))
+    save_safetensors(state, tmp_path / "model.safetensors")
     # the frozen base must be the same pretrained weights: same seed, then load only what was trained
     fresh = tiny_cleft(tokenizer, seed=0)
-    load_trained_state_dict(fresh, load_file(str(tmp_path / "model.safetensors")))
+    load_trained_weights(fresh, tmp_path / "model.safetensors")
     trained.eval(), fresh.eval()
     batch = _inputs(trained)
     with torch.no_grad():
         a, b = trained(batch), fresh(batch)
     for key in ("image_features", "text_features"):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="does not have"):
-        load_trained_state_dict(fresh, {"nonexistent.weight": torch.zeros(1)})
+    save_safetensors({"nonexistent.weight": torch.zeros(1), **state}, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="nonexistent.weight"):
+        load_trained_weights(fresh, tmp_path / "bad.safetensors")
 
 
 def test_lora_peft_folder_round_trip(tokenizer, tmp_path):
@@ -124,6 +125,7 @@ def test_zero_shot_and_prompt_logits(tokenizer):
         out = zero_shot({"image": torch.randn(3, 3, 28, 28)})
     assert out["logits"].shape == (3, 5)
     torch.testing.assert_close(out["probs"].sum(-1), torch.ones(3))
+    assert any(p.requires_grad for p in clip.parameters())  # zero-shot wrapping leaves the model trainable
     with pytest.raises(ValueError, match="unknown part"):
         CLEFTClassifier(clip, CLASS_NAMES, trainable=("text_projection",))
 
