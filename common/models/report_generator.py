@@ -72,6 +72,7 @@ class ReportGenerator(nn.Module):
         llm_config: Mapping[str, Any] | PretrainedConfig | None = None,
         drop_cls_token: bool = False,
         llm_dtype: str | None = None,
+        init_seed: int | None = None,
         **kwargs: Any,
     ) -> ReportGenerator:
         """Build from local Hugging Face folders, or from architecture configs with random weights when paths are empty.
@@ -81,14 +82,20 @@ class ReportGenerator(nn.Module):
             llm_path / llm_config: the causal LM (``llama``, ``gpt2``, ...).
             drop_cls_token: drop the backbone's CLS token from the visual tokens.
             llm_dtype: load the LLM weights in this dtype (``"bfloat16"`` halves a 7B model's memory).
+            init_seed: seed of the random weights of models built from configs (and of the projector's initial
+                weights), drawn from a forked RNG: a checkpoint holds only the projector and adapters, so the
+                random base models of a demo must be rebuilt identically in stage 2, evaluation and inference.
             kwargs: passed to the constructor.
         """
-        vision = HFVisionEncoder(vision_model_path, vision_config, drop_cls_token=drop_cls_token)
-        load_kwargs = {"dtype": _DTYPES[llm_dtype]} if llm_path and llm_dtype else {}
-        llm = load_or_build_model(llm_path, llm_config, auto_class=AutoModelForCausalLM, key="llm_path", **load_kwargs)
-        if not llm_path and llm_dtype:
-            llm = llm.to(_DTYPES[llm_dtype])
-        return cls(vision, llm, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            if init_seed is not None:
+                torch.manual_seed(int(init_seed))
+            vision = HFVisionEncoder(vision_model_path, vision_config, drop_cls_token=drop_cls_token)
+            load_kwargs = {"dtype": _DTYPES[llm_dtype]} if llm_path and llm_dtype else {}
+            llm = load_or_build_model(llm_path, llm_config, auto_class=AutoModelForCausalLM, key="llm_path", **load_kwargs)
+            if not llm_path and llm_dtype:
+                llm = llm.to(_DTYPES[llm_dtype])
+            return cls(vision, llm, **kwargs)
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None:

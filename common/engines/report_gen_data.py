@@ -1,0 +1,115 @@
+"""Data wiring of the report generator: manifest rows with cleaned reports, the prompt template, the collates.
+
+Reports are cleaned once here (sections, "XXXX" placeholders, whitespace); a report that is empty after cleaning
+is an error that names the manifest row (or, with ``skip_bad_rows``, a warning per row and a count).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from common.data.manifest import ManifestError, load_manifest
+from common.data.report_cleaning import clean_report
+from common.data.report_tokenization import ReportCollator, build_word_level_tokenizer
+from common.peft.soft_visual_prompt import PromptTemplate
+from common.weights.hf_loading import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_report_rows", "load_or_build_tokenizer", "count_visual_tokens", "make_collators"]
+
+
+def load_report_rows(
+    manifest: str | Path,
+    dataset_dir: str | Path | None = None,
+    split: str | Sequence[str] | None = None,
+    sections: Sequence[str] | None = ("findings", "impression"),
+    placeholder: str | None = "",
+    lowercase: bool = True,
+    skip_bad_rows: bool = False,
+    check_files: bool = True,
+    max_rows: int | None = None,
+    with_reports: bool = True,
+) -> list[dict[str, Any]]:
+    """Manifest rows (``image``, ``report``, ``id``) with cleaned reports.
+
+    Args:
+        manifest: CSV/JSONL manifest (columns ``image``, ``report``, optional ``id``, ``split``, ``patient_id``).
+        dataset_dir: root of relative image paths.
+        split: keep this split (or these splits).
+        sections: report sections to keep, in order (None keeps the whole text).
+        placeholder: replacement of "XXXX" placeholders ("" removes them, None keeps them).
+        lowercase: lower-case the reports (R2Gen / R2GenGPT practice).
+        skip_bad_rows: warn and skip bad rows (missing image, empty report) instead of raising.
+        check_files: check that the image files exist.
+        max_rows: keep only the first rows (quick runs).
+        with_reports: False for inference on images alone (no report column needed).
+    """
+    rows = load_manifest(
+        manifest, dataset_dir, split=split, require_report=with_reports, check_files=check_files,
+        skip_bad_rows=skip_bad_rows,
+    )
+    kept, skipped = [], 0
+    for row in rows:
+        row_id = str(row.get("id") or Path(str(row.get("image", ""))).stem or row["row"])
+        if not with_reports:
+            kept.append({k: v for k, v in {**row, "id": row_id}.items() if k != "report"})
+            continue
+        report = clean_report(row["report"], sections=sections, placeholder=placeholder, lowercase=lowercase)
+        if not report:
+            message = f"{row['manifest']}: row {row['row']}: field 'report' is empty after cleaning ({row['report']!r})"
+            if not skip_bad_rows:
+                raise ManifestError(message)
+            logger.warning("skipping bad row: %s", message)
+            skipped += 1
+            continue
+        kept.append({**row, "report": report, "id": row_id})
+    if skipped:
+        logger.warning("%s: skipped %d row(s) whose report is empty after cleaning", manifest, skipped)
+    if not kept:
+        raise ManifestError(f"{manifest}: no usable rows for split {split!r}")
+    return kept[:max_rows] if max_rows else kept
+
+
+def load_or_build_tokenizer(
+    tokenizer_path: str | Path | None, demo_rows: Sequence[dict[str, Any]] | None = None, save_dir: str | Path | None = None
+):
+    """The LLM's tokenizer from a local folder; without one, a word-level tokenizer trained on ``demo_rows`` reports.
+
+    The built tokenizer is saved to ``save_dir`` and reloaded from there on later runs, so training, evaluation and
+    inference of the demo share one vocabulary.
+    """
+    if tokenizer_path:
+        tokenizer = load_tokenizer(tokenizer_path, key="tokenizer_path")
+    elif save_dir is not None and (Path(save_dir) / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(save_dir, key="tokenizer_path")
+    elif demo_rows:
+        tokenizer = build_word_level_tokenizer([r["report"] for r in demo_rows] + ["findings of the chest x-ray :"], save_dir)
+    else:
+        raise ValueError("tokenizer_path is empty and there are no reports to build a demo tokenizer from")
+    if tokenizer.pad_token_id is None:  # Llama tokenizers have no pad token; pad with EOS, masked from the loss
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@torch.no_grad()
+def count_visual_tokens(network: torch.nn.Module, image_size: Sequence[int], channels: int = 1) -> int:
+    """Number of visual tokens the network's vision encoder gives for one ``(channels, *image_size)`` image."""
+    encoder = getattr(network, "module", network).vision_encoder
+    device = next(encoder.parameters()).device
+    return int(encoder(torch.zeros(1, channels, *image_size, device=device)).shape[1])
+
+
+def make_collators(
+    tokenizer, template: str, num_visual_tokens: int, max_report_tokens: int, add_bos: bool = True
+) -> tuple[ReportCollator, ReportCollator]:
+    """``(train_collate, generate_collate)``: prompt + report with labels, and the prompt alone for generation."""
+    prompt = PromptTemplate.from_text(template, tokenizer, num_visual_tokens, add_bos=add_bos)
+    return (
+        ReportCollator(tokenizer, prompt, max_report_tokens, with_targets=True),
+        ReportCollator(tokenizer, prompt, max_report_tokens, with_targets=False),
+    )
