@@ -54,11 +54,12 @@ def read_manifest_rows(path: str | Path) -> list[dict[str, Any]]:
 def _parse_label(value: Any, column: str, class_names: Sequence[str] | None) -> int | float:
     """A label cell as a number; class names map to their index; anything else is an error."""
     if class_names is not None:
-        if isinstance(value, str) and value.strip() in class_names:
-            return class_names.index(value.strip())
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() and 0 <= int(value) < len(class_names):
-            return int(value)
-        raise ManifestError(f"unknown label value {value!r}; expected one of {list(class_names)}")
+        text = str(value).strip() if value is not None else ""
+        if text in class_names:
+            return list(class_names).index(text)
+        if text.isdigit() and int(text) < len(class_names):  # a class index (CSV cells are strings)
+            return int(text)
+        raise ManifestError(f"unknown label value {value!r}; expected one of {list(class_names)} or an index below {len(class_names)}")
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ManifestError("label is empty")
     try:

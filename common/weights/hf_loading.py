@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def load_or_build_model(
     config: Mapping[str, Any] | PretrainedConfig | None = None,
     auto_class: type = AutoModel,
     key: str = "model_path",
+    init_seed: int = 0,
     **from_pretrained_kwargs: Any,
 ) -> PreTrainedModel:
     """Load pretrained weights from ``model_path`` when given, else build from ``config`` with random weights.
@@ -55,6 +57,8 @@ def load_or_build_model(
         config: architecture config (dict with ``model_type`` or a ``PretrainedConfig``), used when no path is given.
         auto_class: ``AutoModel``, ``AutoModelForCausalLM``, ...
         key: the config key that holds the path, named in errors.
+        init_seed: seed of the random initialisation when building from ``config``, so a frozen random encoder
+            (demos) is rebuilt bit-identical at evaluation and inference time.
         from_pretrained_kwargs: passed to ``from_pretrained`` (``torch_dtype``, ``attn_implementation``, ...).
     """
     if model_path:
@@ -63,8 +67,10 @@ def load_or_build_model(
         return auto_class.from_pretrained(str(folder), local_files_only=True, **from_pretrained_kwargs)
     if config is None:
         raise ValueError(f"{key} is empty and no architecture config was given: one of them is needed")
-    logger.info("building %s from config with random weights (no pretrained weights given in %s)", auto_class.__name__, key)
-    return auto_class.from_config(build_config(config))
+    logger.info("building %s from config with random weights (seed %d; no pretrained weights in %s)", auto_class.__name__, init_seed, key)
+    with torch.random.fork_rng(devices=[]):  # the same config always gives the same weights, whatever the global RNG
+        torch.manual_seed(init_seed)
+        return auto_class.from_config(build_config(config))
 
 
 def load_tokenizer(tokenizer_path: str | Path, key: str = "tokenizer_path", **kwargs: Any):

@@ -1,0 +1,169 @@
+"""A content-addressed on-disk cache of frozen embeddings: sharded float16 ``.npy`` files, memory-mapped.
+
+Layout (one *space* per encoder identity)::
+
+    <cache_dir>/<space_key>/identity.json          what the key was made of (model hash, preprocessing, pooling, ...)
+    <cache_dir>/<space_key>/shard_000000.npy        (n, D) float16, written with a temp name then renamed
+    <cache_dir>/<space_key>/shard_000000.keys.json  the item keys of those rows; written last = the shard commit
+
+``space_key`` hashes the encoder identity, so a change of model weights, preprocessing or pooling starts a new
+space and recomputes everything it touches. Inside a space, each item is keyed by a hash of its own content
+(file bytes, or the cleaned text), so a changed file recomputes that file alone and a second run recomputes
+nothing. A shard is visible only once its ``.keys.json`` exists, so an interrupted extraction leaves no
+half-written entry: it resumes from the committed shards. No pickle anywhere (method notes §4, problem 10).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EmbeddingCache", "hash_identity", "hash_file_content", "hash_text"]
+
+_CHUNK = 1 << 20
+
+
+def hash_identity(identity: Mapping[str, Any]) -> str:
+    """sha256 of a JSON-serialisable identity dict (key order does not matter)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def hash_file_content(path: str | Path) -> str:
+    """sha256 of a file's bytes, or of every file (with its relative name) in a folder such as a DICOM series."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"{path} is an empty folder: nothing to hash")
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            while block := handle.read(_CHUNK):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class EmbeddingCache:
+    """One cache space: item key -> embedding row, backed by committed float16 shards.
+
+    Args:
+        cache_dir: root folder of all spaces.
+        identity: what makes embeddings comparable (model weight hash, preprocessing, pooling, dtype, code version).
+        dtype: storage dtype (float16 halves the size; embeddings are restored to float32 on read).
+    """
+
+    def __init__(self, cache_dir: str | Path, identity: Mapping[str, Any], dtype: str = "float16") -> None:
+        self.identity = dict(identity)
+        self.space_key = hash_identity(self.identity)
+        self.dtype = np.dtype(dtype)
+        self.root = Path(cache_dir) / self.space_key[:24]
+        self.root.mkdir(parents=True, exist_ok=True)
+        identity_file = self.root / "identity.json"
+        if identity_file.is_file():
+            stored = json.loads(identity_file.read_text())
+            if stored.get("space_key") != self.space_key:
+                raise ValueError(f"cache space {self.root} belongs to another identity (hash prefix collision); delete it")
+        else:
+            payload = json.dumps({"space_key": self.space_key, "dtype": self.dtype.name, "identity": self.identity}, indent=2, default=str)
+            _atomic_write_bytes(identity_file, lambda h: h.write(payload.encode()))
+        self._index: dict[str, tuple[int, int]] = {}
+        self._shards: dict[int, np.ndarray] = {}
+        self.dim: int | None = None
+        self._load_index()
+
+    # ---- reading -----------------------------------------------------------------------------------------------
+    def _load_index(self) -> None:
+        for keys_file in sorted(self.root.glob("shard_*.keys.json")):
+            shard_id = int(keys_file.name.split("_")[1].split(".")[0])
+            array_file = self.root / f"shard_{shard_id:06d}.npy"
+            if not array_file.is_file():
+                logger.warning("cache shard %s has keys but no array; ignoring it", keys_file)
+                continue
+            keys = json.loads(keys_file.read_text())
+            array = np.load(array_file, mmap_mode="r")
+            if array.shape[0] != len(keys):
+                logger.warning("cache shard %s has %d rows for %d keys; ignoring it", array_file, array.shape[0], len(keys))
+                continue
+            self._shards[shard_id] = array
+            self.dim = array.shape[1]
+            for row, key in enumerate(keys):
+                self._index[key] = (shard_id, row)
+        for stale in self.root.glob(".shard_*.tmp"):  # left by an interrupted write: never committed
+            stale.unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """The keys not yet in the cache, in order, without duplicates."""
+        return [k for k in dict.fromkeys(keys) if k not in self._index]
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """Rows for ``keys`` as a float32 array (len(keys), D); a missing key is a KeyError naming it."""
+        if self.dim is None:
+            raise KeyError(f"cache space {self.root} is empty")
+        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        by_shard: dict[int, list[tuple[int, int]]] = {}
+        for position, key in enumerate(keys):
+            if key not in self._index:
+                raise KeyError(f"embedding {key[:16]}... not in cache space {self.root}")
+            shard, row = self._index[key]
+            by_shard.setdefault(shard, []).append((position, row))
+        for shard, pairs in by_shard.items():
+            positions, rows = np.array([p for p, _ in pairs]), np.array([r for _, r in pairs])
+            order = np.argsort(rows)  # sequential reads from the memory map
+            out[positions[order]] = self._shards[shard][rows[order]]
+        return out
+
+    # ---- writing -----------------------------------------------------------------------------------------------
+    def add(self, keys: Sequence[str], embeddings: np.ndarray) -> None:
+        """Commit one shard: the array first, then its keys file (the commit mark)."""
+        embeddings = np.asarray(embeddings)
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(keys):
+            raise ValueError(f"expected ({len(keys)}, D) embeddings, got shape {embeddings.shape}")
+        if self.dim is not None and embeddings.shape[1] != self.dim:
+            raise ValueError(f"embedding dim {embeddings.shape[1]} differs from the cache's {self.dim}")
+        if not np.all(np.isfinite(embeddings)):
+            raise ValueError("refusing to cache non-finite (NaN/inf) embeddings")
+        shard_id = max(self._shards, default=-1) + 1
+        array_file = self.root / f"shard_{shard_id:06d}.npy"
+        stored = embeddings.astype(self.dtype)
+        if not np.all(np.isfinite(stored)):
+            raise ValueError(f"embeddings overflow {self.dtype.name} (values up to {np.abs(embeddings).max():.3g}); use dtype float32")
+        _atomic_write_bytes(array_file, lambda h: np.save(h, stored))
+        payload = json.dumps(list(keys)).encode()
+        _atomic_write_bytes(self.root / f"shard_{shard_id:06d}.keys.json", lambda h: h.write(payload))
+        self._shards[shard_id] = np.load(array_file, mmap_mode="r")
+        self.dim = embeddings.shape[1]
+        for row, key in enumerate(keys):
+            self._index[key] = (shard_id, row)

@@ -1,0 +1,111 @@
+"""A frozen Hugging Face image encoder (ViT, DINOv2, ...) with MONAI preprocessing, for embedding extraction.
+
+Preprocessing is a MONAI ``Compose``: the pinned-reader radiograph loader, min-max scaling to [0, 1], resize
+to the model's input, greyscale repeated to 3 channels, and the model's mean/std normalisation. The whole
+configuration is part of the encoder identity, so a change of any of it invalidates cached embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from monai.transforms import Compose, NormalizeIntensityd, RepeatChanneld, Resized, ScaleIntensityd
+from torch import nn
+
+from ..data.image_loading import LoadRadiographd
+from ..weights.fingerprint import state_dict_fingerprint
+from ..weights.hf_loading import load_or_build_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FrozenImageEncoder", "IMAGE_POOLINGS"]
+
+IMAGE_POOLINGS = ("cls", "mean", "pooler")
+
+
+class FrozenImageEncoder(nn.Module):
+    """Frozen 2D image encoder.
+
+    Args:
+        model_path: local Hugging Face folder; empty builds ``model_config`` with random weights.
+        model_config: architecture config used when ``model_path`` is empty.
+        pooling: ``cls`` (first token of the last hidden state, as the paper's code), ``mean`` (mean of the
+            patch tokens) or ``pooler`` (the model's pooler output).
+        image_size: square input size; default: the model config's ``image_size``.
+        image_mean, image_std: per-channel normalisation; default: the folder's ``preprocessor_config.json``,
+            else 0.5 / 0.5.
+    """
+
+    def __init__(
+        self,
+        model_path: str = "",
+        model_config: Mapping[str, Any] | None = None,
+        pooling: str = "cls",
+        image_size: int | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in IMAGE_POOLINGS:
+            raise ValueError(f"image pooling must be one of {IMAGE_POOLINGS}, got {pooling!r}")
+        self.model = load_or_build_model(model_path, model_config, key="image_model_path").eval().requires_grad_(False)
+        processor = {}
+        if model_path and (Path(model_path) / "preprocessor_config.json").is_file():
+            processor = json.loads((Path(model_path) / "preprocessor_config.json").read_text())
+        self.image_size = int(image_size or getattr(self.model.config, "image_size", 224))
+        self.image_mean = [float(v) for v in (image_mean or processor.get("image_mean") or [0.5, 0.5, 0.5])]
+        self.image_std = [float(v) for v in (image_std or processor.get("image_std") or [0.5, 0.5, 0.5])]
+        self.pooling = pooling
+        self.name_or_path = model_path or f"config:{self.model.config.model_type}"
+        self.transform = Compose(
+            [
+                LoadRadiographd(keys="image"),
+                ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
+                Resized(keys="image", spatial_size=(self.image_size, self.image_size), mode="bilinear", anti_aliasing=True),
+                RepeatChanneld(keys="image", repeats=3),
+                NormalizeIntensityd(keys="image", subtrahend=self.image_mean, divisor=self.image_std, channel_wise=True),
+            ]
+        )
+        self._fingerprint: str | None = None
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the embedding of a given image file: part of the cache key."""
+        if self._fingerprint is None:
+            self._fingerprint = state_dict_fingerprint(self.model)
+        return {
+            "kind": "image",
+            "model": self.name_or_path,
+            "weights_sha256": self._fingerprint,
+            "pooling": self.pooling,
+            "preprocessing": {
+                "loader": "LoadRadiographd(pydicom|PIL, MONOCHROME1 inverted, RGB reduced)",
+                "scale": "minmax[0,1]",
+                "size": self.image_size,
+                "resize": "bilinear+antialias",
+                "mean": self.image_mean,
+                "std": self.image_std,
+            },
+        }
+
+    def prepare(self, item: Mapping[str, Any]) -> torch.Tensor:
+        """Load and preprocess one manifest row's image: (3, S, S)."""
+        return torch.as_tensor(self.transform(dict(item))["image"]).float()
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Embed a (B, 3, S, S) batch; returns (B, D) float32."""
+        outputs = self.model(pixel_values=pixel_values.to(next(self.model.parameters()).device))
+        if self.pooling == "pooler":
+            if getattr(outputs, "pooler_output", None) is None:
+                raise ValueError(f"{type(self.model).__name__} has no pooler output; use pooling 'cls' or 'mean'")
+            return outputs.pooler_output.float()
+        hidden = outputs.last_hidden_state
+        return (hidden[:, 0] if self.pooling == "cls" else hidden[:, 1:].mean(dim=1)).float()
