@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh machine: a local virtual environment with everything the bundles, the demo and
+# the tests need. torch is installed first and pinned: an open torch range would pull several GB of CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+echo "[setup] installing torch==2.13.0 (CPU build)"
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+echo "[setup] installing the project and its demo/test extras"
+.venv/bin/python -m pip install --quiet -e ".[demo,report,test]"
+.venv/bin/python -c "import torch, monai, transformers, peft; print(f'[setup] torch {torch.__version__}, monai {monai.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"

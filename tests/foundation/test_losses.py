@@ -1,0 +1,114 @@
+"""Losses against hand-computed values, and the distributed CLIP loss against the single-process full batch."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from common.losses import ClipLoss, LabelAwarePairwiseSigmoidLoss, LogitScale
+
+
+def test_logit_scale_starts_at_clip_init_and_clamps():
+    scale = LogitScale(init=1 / 0.07, max_scale=100.0)
+    assert scale().item() == pytest.approx(1 / 0.07, rel=1e-6)
+    with torch.no_grad():
+        scale.log_scale.fill_(10.0)  # exp(10) > 100
+    assert scale().item() == pytest.approx(100.0, rel=1e-6)
+    with pytest.raises(ValueError, match="exceeds max_scale"):
+        LogitScale(init=200.0, max_scale=100.0)
+
+
+def test_clip_loss_matches_hand_computation():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    scale = 2.0
+    # logits_per_image = 2 * [[1, 0.6], [0, 0.8]]; targets = [0, 1]
+    row0 = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(1.2)))
+    row1 = -math.log(math.exp(1.6) / (math.exp(0.0) + math.exp(1.6)))
+    # logits_per_text = 2 * [[1, 0], [0.6, 0.8]]
+    col0 = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(0.0)))
+    col1 = -math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))
+    expected = 0.5 * ((row0 + row1) / 2 + (col0 + col1) / 2)
+    assert ClipLoss()(image, text, scale).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_clip_loss_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        ClipLoss()(torch.randn(4, 8), torch.randn(4, 6), 1.0)
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        ClipLoss()(torch.randn(1, 8), torch.randn(1, 8), 1.0)
+
+
+def test_pairwise_sigmoid_loss_matches_hand_computation():
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0, 1])
+    temperature = 0.5
+    # pairs (0,1) same: dot 1 -> logit 2; (0,2) diff: dot 0 -> 0; (1,2) diff: dot 0 -> 0
+    expected = (F.softplus(torch.tensor(-2.0)) + 2 * F.softplus(torch.tensor(0.0))) / 3
+    loss = LabelAwarePairwiseSigmoidLoss(temperature=temperature)(z, labels)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_pairwise_sigmoid_loss_is_small_for_separated_labels_and_large_when_swapped():
+    z = torch.tensor([[3.0, 0.0], [3.0, 0.0], [-3.0, 0.0], [-3.0, 0.0]])  # no bias: negatives need dot < 0
+    loss = LabelAwarePairwiseSigmoidLoss(temperature=0.1)
+    assert loss(z, torch.tensor([0, 0, 1, 1])).item() < 1e-3
+    assert loss(z, torch.tensor([0, 1, 0, 1])).item() > 10
+
+
+def test_pairwise_multilabel_targets_share_any_label():
+    z = torch.randn(3, 4)
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1]])
+    from common.losses import pair_targets
+
+    _, _, target = pair_targets(labels)
+    assert target.tolist() == [1.0, 0.0, 1.0]  # (0,1) share 0; (0,2) share none; (1,2) share 1
+    LabelAwarePairwiseSigmoidLoss()(z, labels)  # runs on multi-hot labels
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, image: torch.Tensor, text: torch.Tensor, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    local = slice(rank * 2, rank * 2 + 2)
+    image_local = image[local].clone().requires_grad_(True)
+    text_local = text[local].clone().requires_grad_(True)
+    loss = ClipLoss(gather_with_grad=True)(image_local, text_local, 5.0)
+    loss.backward()
+    # the gather's backward already sums every rank's loss gradient into this rank's rows; DDP then divides by
+    # the world size, which makes the full-batch mean of the per-rank losses
+    grads = torch.cat([image_local.grad, text_local.grad], dim=1) / world
+    queue.put((rank, grads.numpy()))
+    torch.distributed.destroy_process_group()
+
+
+def test_gathered_clip_loss_gives_the_full_batch_gradient_across_two_ranks():
+    torch.manual_seed(0)
+    image, text = torch.randn(4, 6), torch.randn(4, 6)
+    full_image, full_text = image.clone().requires_grad_(True), text.clone().requires_grad_(True)
+    ClipLoss()(full_image, full_text, 5.0).backward()
+    expected = torch.cat([full_image.grad, full_text.grad], dim=1)
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, image, text, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    # each rank holds the gradient of its own rows; the loss mean over ranks equals the full-batch loss
+    got = torch.cat([torch.as_tensor(results[0]), torch.as_tensor(results[1])])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
