@@ -7,6 +7,7 @@ is an error that names the manifest row (or, with ``skip_bad_rows``, a warning p
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,8 +61,11 @@ def load_report_rows(
             kept.append({k: v for k, v in {**row, "id": row_id}.items() if k != "report"})
             continue
         report = clean_report(row["report"], sections=sections, placeholder=placeholder, lowercase=lowercase)
-        if not report:
-            message = f"{row['manifest']}: row {row['row']}: field 'report' is empty after cleaning ({row['report']!r})"
+        if not re.search(r"\w", report):  # nothing but punctuation left, e.g. a report of placeholders
+            message = (
+                f"{row['manifest']}: row {row['row']}: field 'report' has no words after cleaning "
+                f"(sections {list(sections) if sections else 'all'}): {row['report']!r}"
+            )
             if not skip_bad_rows:
                 raise ManifestError(message)
             logger.warning("skipping bad row: %s", message)
