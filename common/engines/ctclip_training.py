@@ -97,6 +97,8 @@ class CTCLIPPrepareBatch:
         class_names: pathology names = label columns of the manifest.
         max_length: truncation length of reports (BERT's 512).
         with_reports: also tokenise reports when the objective does not need them (retrieval evaluation).
+        require_labels: a batch without the label columns is an error (default: with ``"prompt_pair"``);
+            inference sets it to False.
         image_key, report_key: batch keys.
 
     Returns (from ``__call__``): ``(inputs, labels)`` where inputs holds ``image`` and the token tensors, and
@@ -110,6 +112,7 @@ class CTCLIPPrepareBatch:
         class_names: Sequence[str] = (),
         max_length: int = 512,
         with_reports: bool = False,
+        require_labels: bool | None = None,
         present_template: str = "{} is present.",
         absent_template: str = "{} is not present.",
         image_key: str = "image",
@@ -124,6 +127,7 @@ class CTCLIPPrepareBatch:
         self.class_names = list(class_names)
         self.max_length = max_length
         self.with_reports = with_reports or objective == "clip"
+        self.require_labels = objective == "prompt_pair" if require_labels is None else require_labels
         self.image_key, self.report_key = image_key, report_key
         self.prompts = build_prompts(self.class_names, present_template, absent_template) if class_names else []
 
@@ -136,7 +140,7 @@ class CTCLIPPrepareBatch:
             return None
         missing = [c for c in self.class_names if c not in batch]
         if missing:
-            if self.objective == "prompt_pair":
+            if self.require_labels:
                 raise ValueError(f"label column(s) {missing} missing from the batch; keys are {sorted(batch)}")
             return None
         return torch.stack([torch.as_tensor(batch[c]).float() for c in self.class_names], dim=1).to(device)

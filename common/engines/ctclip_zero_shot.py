@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "check_pathology_names",
+    "check_input_files",
     "ZeroShotIteration",
     "MeanZeroShotAUROC",
     "ZeroShotCollector",
@@ -81,6 +82,18 @@ def check_pathology_names(names: Sequence[str]) -> list[str]:
     if duplicates:
         raise ValueError(f"class_names repeats {duplicates}")
     return names
+
+
+def check_input_files(paths: Sequence[str]) -> list[str]:
+    """Inference inputs: a non-empty list of existing NIfTI files or DICOM folders."""
+    if isinstance(paths, (str, Path)):
+        paths = [str(paths)]
+    if not paths:
+        raise ValueError("input_files is empty: pass NIfTI files or DICOM folders, e.g. --input_files \"['/data/ct.nii.gz']\"")
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"input_files not found: {missing}")
+    return [str(p) for p in paths]
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
