@@ -32,13 +32,40 @@ from common.models.report_generator import ReportGenerator
 from common.peft.lora import parameter_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VISION = {"model_type": "vit", "image_size": 64, "patch_size": 16, "num_channels": 1, "hidden_size": 64,
-          "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
-GPT2 = {"model_type": "gpt2", "vocab_size": 8000, "n_positions": 512, "n_embd": 384, "n_layer": 6, "n_head": 6,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
-LLAMA = {"model_type": "llama", "vocab_size": 8000, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 6,
-         "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 512,
-         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+VISION = {
+    "model_type": "vit",
+    "image_size": 64,
+    "patch_size": 16,
+    "num_channels": 1,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+}
+GPT2 = {
+    "model_type": "gpt2",
+    "vocab_size": 8000,
+    "n_positions": 512,
+    "n_embd": 384,
+    "n_layer": 6,
+    "n_head": 6,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 8000,
+    "hidden_size": 512,
+    "intermediate_size": 1376,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 512,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
 NUM_VISUAL = (64 // 16) ** 2 + 1
 PROMPT_WORDS = 12
 
@@ -55,8 +82,13 @@ def _prompt_batch(batch_size: int, report_tokens: int = 0, seed: int = 0) -> dic
     ids[mask] = 0
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[:, prompt_len:] = ids[:, prompt_len:]
-    return {"image": torch.rand(batch_size, 1, 64, 64, generator=gen), "input_ids": ids,
-            "attention_mask": torch.ones_like(ids), "image_token_mask": mask, "labels": labels}
+    return {
+        "image": torch.rand(batch_size, 1, 64, 64, generator=gen),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "image_token_mask": mask,
+        "labels": labels,
+    }
 
 
 def _timed_generate(model, batch, new_tokens: int, use_cache: bool) -> float:
@@ -75,8 +107,10 @@ def generation_benchmark(batch_size: int, new_tokens: int, repeats: int) -> dict
     best = {"batched_kv_cache": float("inf"), "one_at_a_time_kv_cache": float("inf"), "batched_no_cache": float("inf")}
     for _ in tqdm(range(repeats), desc="generation benchmark"):
         best["batched_kv_cache"] = min(best["batched_kv_cache"], _timed_generate(model, batch, new_tokens, True))
-        single = sum(_timed_generate(model, {k: v[i : i + 1] for k, v in batch.items()}, new_tokens, True)
-                     for i in range(batch_size))
+        single = sum(
+            _timed_generate(model, {k: v[i : i + 1] for k, v in batch.items()}, new_tokens, True)
+            for i in range(batch_size)
+        )
         best["one_at_a_time_kv_cache"] = min(best["one_at_a_time_kv_cache"], single)
         best["batched_no_cache"] = min(best["batched_no_cache"], _timed_generate(model, batch, new_tokens, False))
     tokens = batch_size * new_tokens
@@ -84,8 +118,11 @@ def generation_benchmark(batch_size: int, new_tokens: int, repeats: int) -> dict
     return {
         "llm": "gpt2 config " + json.dumps({k: GPT2[k] for k in ("n_embd", "n_layer", "vocab_size")}),
         "llm_parameters": sum(p.numel() for p in model.language_model.parameters()),
-        "batch_size": batch_size, "new_tokens_per_report": new_tokens, "prompt_tokens": batch["input_ids"].shape[1],
-        "decoding": "greedy, EOS suppressed (min_new_tokens = max_new_tokens)", "repeats (best of)": repeats,
+        "batch_size": batch_size,
+        "new_tokens_per_report": new_tokens,
+        "prompt_tokens": batch["input_ids"].shape[1],
+        "decoding": "greedy, EOS suppressed (min_new_tokens = max_new_tokens)",
+        "repeats (best of)": repeats,
         "tokens_per_second": speed,
         "ratio_batched_over_one_at_a_time": speed["batched_kv_cache"] / speed["one_at_a_time_kv_cache"],
         "ratio_kv_cache_over_no_cache": speed["batched_kv_cache"] / speed["batched_no_cache"],
@@ -102,8 +139,9 @@ def stage_worker(stage: int, checkpointing: bool, batch_size: int, report_tokens
     """One stage's training steps in this (fresh) process: trainable parameters and peak memory."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = ReportGenerator.from_config(vision_config=VISION, llm_config=LLAMA, init_seed=0,
-                                        gradient_checkpointing=checkpointing)
+    model = ReportGenerator.from_config(
+        vision_config=VISION, llm_config=LLAMA, init_seed=0, gradient_checkpointing=checkpointing
+    )
     configure_stage(model, stage, lora_rank=16, lora_alpha=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"])
     model.to(device).train()
     batch = {k: v.to(device) for k, v in _prompt_batch(batch_size, report_tokens).items()}
@@ -118,18 +156,35 @@ def stage_worker(stage: int, checkpointing: bool, batch_size: int, report_tokens
         optimizer.step()
     elapsed = (time.perf_counter() - start) / 3
     summary = parameter_summary(model)
-    return {"stage": stage, "gradient_checkpointing": checkpointing, "trainable_parameters": summary.trainable,
-            "total_parameters": summary.total, "trainable_percent": summary.percent,
-            "peak_memory_MiB": _peak_bytes(device) / 2**20, "peak_before_steps_MiB": before / 2**20,
-            "seconds_per_step": elapsed, "device": device.type}
+    return {
+        "stage": stage,
+        "gradient_checkpointing": checkpointing,
+        "trainable_parameters": summary.trainable,
+        "total_parameters": summary.total,
+        "trainable_percent": summary.percent,
+        "peak_memory_MiB": _peak_bytes(device) / 2**20,
+        "peak_before_steps_MiB": before / 2**20,
+        "seconds_per_step": elapsed,
+        "device": device.type,
+    }
 
 
 def stages_benchmark(batch_size: int, report_tokens: int) -> list[dict]:
     rows = []
     for stage, checkpointing in tqdm([(1, False), (2, False), (2, True)], desc="stage benchmark"):
-        command = [sys.executable, __file__, "--stage-worker", str(stage), "--batch-size", str(batch_size),
-                   "--report-tokens", str(report_tokens)] + (["--checkpointing"] if checkpointing else [])
-        out = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        command = [
+            sys.executable,
+            __file__,
+            "--stage-worker",
+            str(stage),
+            "--batch-size",
+            str(batch_size),
+            "--report-tokens",
+            str(report_tokens),
+        ] + (["--checkpointing"] if checkpointing else [])
+        out = subprocess.run(
+            command, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
 
@@ -153,33 +208,66 @@ def main() -> None:
     if args.stage_worker:
         print(json.dumps(stage_worker(args.stage_worker, args.checkpointing, args.batch_size, args.report_tokens)))
         return
-    environment = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-                   "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    environment = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
     generation = generation_benchmark(args.batch_size, args.new_tokens, args.repeats)
     stages = stages_benchmark(args.batch_size, args.report_tokens)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"environment": environment, "generation": generation, "stages": stages,
-              "stage_setup": {"llm": "llama config " + json.dumps({k: LLAMA[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")}),
-                              "batch_size": args.batch_size, "report_tokens": args.report_tokens, "lora": "r=16 on q,k,v,o"}}
+    result = {
+        "environment": environment,
+        "generation": generation,
+        "stages": stages,
+        "stage_setup": {
+            "llm": "llama config "
+            + json.dumps({k: LLAMA[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")}),
+            "batch_size": args.batch_size,
+            "report_tokens": args.report_tokens,
+            "lora": "r=16 on q,k,v,o",
+        },
+    }
     write_atomic(RESULTS / "report_gen_benchmark.json", json.dumps(result, indent=2))
     speed = generation["tokens_per_second"]
     lines = [
-        "# report_gen benchmark", "",
-        f"Measured in one run of `benchmarks/report_gen_benchmark.py` ({environment['device']}, {environment['threads']} thread(s), "
-        f"torch {environment['torch']}). Random-weight models built from configs; see the script's docstring.", "",
-        f"## Generation ({generation['llm']}, {generation['llm_parameters']:,} LLM parameters; {args.batch_size} reports x "
-        f"{args.new_tokens} new tokens, greedy, prompt {generation['prompt_tokens']} tokens)", "",
-        "| mode | tokens/s |", "|---|---|",
-        *[f"| {k.replace('_', ' ')} | {v:.1f} |" for k, v in speed.items()], "",
+        "# report_gen benchmark",
+        "",
+        (
+            f"Measured in one run of `benchmarks/report_gen_benchmark.py` ({environment['device']}, {environment['threads']} thread(s), "
+            f"torch {environment['torch']}). Random-weight models built from configs; see the script's docstring."
+        ),
+        "",
+        (
+            f"## Generation ({generation['llm']}, {generation['llm_parameters']:,} LLM parameters; {args.batch_size} reports x "
+            f"{args.new_tokens} new tokens, greedy, prompt {generation['prompt_tokens']} tokens)"
+        ),
+        "",
+        "| mode | tokens/s |",
+        "|---|---|",
+        *[f"| {k.replace('_', ' ')} | {v:.1f} |" for k, v in speed.items()],
+        "",
         f"- batched vs one at a time (both with KV cache): **{generation['ratio_batched_over_one_at_a_time']:.2f}x**",
-        f"- KV cache vs none (batched): **{generation['ratio_kv_cache_over_no_cache']:.2f}x**", "",
-        f"## Training stages ({result['stage_setup']['llm']}; batch {args.batch_size}, {args.report_tokens} report tokens, "
-        "LoRA r=16 on q/k/v/o)", "",
-        "| stage | gradient checkpointing | trainable params | trainable % | peak memory (MiB) | s/step |", "|---|---|---|---|---|---|",
-        *[f"| {r['stage']} | {r['gradient_checkpointing']} | {r['trainable_parameters']:,} | {r['trainable_percent']:.3f} | "
-          f"{r['peak_memory_MiB']:.0f} | {r['seconds_per_step']:.2f} |" for r in stages], "",
-        "Peak memory on CPU is the peak resident set size of a fresh process per row (model, data, three AdamW steps), "
-        "so it includes the frozen weights and the Python/torch runtime; differences between rows are what the stage adds.",
+        f"- KV cache vs none (batched): **{generation['ratio_kv_cache_over_no_cache']:.2f}x**",
+        "",
+        (
+            f"## Training stages ({result['stage_setup']['llm']}; batch {args.batch_size}, {args.report_tokens} report tokens, "
+            "LoRA r=16 on q/k/v/o)"
+        ),
+        "",
+        "| stage | gradient checkpointing | trainable params | trainable % | peak memory (MiB) | s/step |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {r['stage']} | {r['gradient_checkpointing']} | {r['trainable_parameters']:,} | {r['trainable_percent']:.3f} | "
+            f"{r['peak_memory_MiB']:.0f} | {r['seconds_per_step']:.2f} |"
+            for r in stages
+        ],
+        "",
+        (
+            "Peak memory on CPU is the peak resident set size of a fresh process per row (model, data, three AdamW steps), "
+            "so it includes the frozen weights and the Python/torch runtime; differences between rows are what the stage adds."
+        ),
     ]
     write_atomic(RESULTS / "report_gen_benchmark.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

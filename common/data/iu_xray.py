@@ -13,14 +13,15 @@ import logging
 import re
 import tarfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .report_cleaning import clean_report
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["parse_iu_xray_xml", "read_iu_xray_reports", "iu_xray_manifest_rows"]
+__all__ = ["iu_xray_manifest_rows", "parse_iu_xray_xml", "read_iu_xray_reports"]
 
 _SECTIONS = ("comparison", "indication", "findings", "impression")
 
@@ -70,8 +71,10 @@ def _iter_xml(path: Path) -> Iterator[tuple[str, bytes]]:
             yield str(file), file.read_bytes()
     elif path.is_file() and tarfile.is_tarfile(path):
         with tarfile.open(path) as archive:  # read members in memory: nothing is extracted to disk
-            members = sorted((m for m in archive.getmembers() if m.isfile() and m.name.endswith(".xml")),
-                             key=lambda m: _numeric_key(m.name))
+            members = sorted(
+                (m for m in archive.getmembers() if m.isfile() and m.name.endswith(".xml")),
+                key=lambda m: _numeric_key(m.name),
+            )
             if not members:
                 raise FileNotFoundError(f"no *.xml report files in archive {path}")
             for member in members:
@@ -81,7 +84,9 @@ def _iter_xml(path: Path) -> Iterator[tuple[str, bytes]]:
     elif path.is_file():
         yield str(path), path.read_bytes()
     else:
-        raise FileNotFoundError(f"IU X-ray reports not found at {path} (expected a folder of XML files, one XML or the .tgz)")
+        raise FileNotFoundError(
+            f"IU X-ray reports not found at {path} (expected a folder of XML files, one XML or the .tgz)"
+        )
 
 
 def read_iu_xray_reports(path: str | Path) -> list[dict[str, Any]]:
@@ -128,20 +133,26 @@ def iu_xray_manifest_rows(
             logger.warning("%s (%s): links no image; skipped", report["id"], report["source"])
             continue
         images = [f"{image_prefix}{image_id}{image_ext}" for image_id in report["image_ids"]]
-        rows.append({
-            "id": report["id"],
-            "image": images[0] if images else "",
-            "images": ";".join(images),
-            "report": text,
-            "findings": clean_report(report["findings"], placeholder=placeholder),
-            "impression": clean_report(report["impression"], placeholder=placeholder),
-            "indication": clean_report(report["indication"], placeholder=placeholder),
-            "mesh_major": ";".join(report["mesh_major"]),
-            "patient_id": report["id"],
-        })
+        rows.append(
+            {
+                "id": report["id"],
+                "image": images[0] if images else "",
+                "images": ";".join(images),
+                "report": text,
+                "findings": clean_report(report["findings"], placeholder=placeholder),
+                "impression": clean_report(report["impression"], placeholder=placeholder),
+                "indication": clean_report(report["indication"], placeholder=placeholder),
+                "mesh_major": ";".join(report["mesh_major"]),
+                "patient_id": report["id"],
+            }
+        )
     if no_text or no_image:
         logger.warning(
             "IU X-ray: %d of %d studies skipped (%d without text in %s, %d without images)",
-            no_text + no_image, len(reports), no_text, list(sections), no_image,
+            no_text + no_image,
+            len(reports),
+            no_text,
+            list(sections),
+            no_image,
         )
     return rows

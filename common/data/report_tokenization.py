@@ -9,8 +9,9 @@ truncated token sequence.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -39,7 +40,9 @@ def build_word_level_tokenizer(texts: Iterable[str], save_dir: str | Path | None
     core = Tokenizer(models.WordLevel(unk_token="<unk>"))
     core.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.train_from_iterator(list(texts), trainers.WordLevelTrainer(special_tokens=specials, min_frequency=min_frequency))
+    core.train_from_iterator(
+        list(texts), trainers.WordLevelTrainer(special_tokens=specials, min_frequency=min_frequency)
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
     )
@@ -102,7 +105,11 @@ class ReportCollator:
             self.num_truncated += 1
             logger.warning(
                 "report of %r has %d tokens, truncated to max_report_tokens=%d (%d of %d reports truncated so far)",
-                item_id, len(ids), self.max_report_tokens, self.num_truncated, self.num_seen,
+                item_id,
+                len(ids),
+                self.max_report_tokens,
+                self.num_truncated,
+                self.num_seen,
             )
             ids = ids[: self.max_report_tokens]
         return [*ids, self.tokenizer.eos_token_id]

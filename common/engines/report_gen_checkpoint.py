@@ -30,7 +30,7 @@ from common.peft.lora import load_lora_folder, load_lora_state_dict, save_lora_f
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["save_report_gen_checkpoint", "load_report_gen_checkpoint", "ReportGenCheckpointSaver"]
+__all__ = ["ReportGenCheckpointSaver", "load_report_gen_checkpoint", "save_report_gen_checkpoint"]
 
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -40,7 +40,9 @@ def _unwrap(module: Any) -> Any:
     return getattr(module, "module", module)
 
 
-def save_report_gen_checkpoint(model: ReportGenerator, directory: str | Path, record: dict[str, Any] | None = None) -> Path:
+def save_report_gen_checkpoint(
+    model: ReportGenerator, directory: str | Path, record: dict[str, Any] | None = None
+) -> Path:
     """Write the projector (and the LoRA adapters, when present) to ``directory``, atomically.
 
     Args:
@@ -82,7 +84,9 @@ def _load_adapters(owner: Any, attribute: str, folder: Path) -> None:
         setattr(owner, attribute, load_lora_folder(current, folder, is_trainable=False))
 
 
-def load_report_gen_checkpoint(model: ReportGenerator, directory: str | Path, load_adapters: bool = True) -> ReportGenerator:
+def load_report_gen_checkpoint(
+    model: ReportGenerator, directory: str | Path, load_adapters: bool = True
+) -> ReportGenerator:
     """Load a checkpoint written by :func:`save_report_gen_checkpoint` into ``model`` (in place; returned).
 
     Args:
@@ -97,7 +101,11 @@ def load_report_gen_checkpoint(model: ReportGenerator, directory: str | Path, lo
         raise FileNotFoundError(f"no report generator checkpoint at {directory} ({PROJECTOR_FILE} missing)")
     state = load_file(str(projector_file))
     expected = target.projector.state_dict()
-    mismatched = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items() if k in expected and v.shape != expected[k].shape}
+    mismatched = {
+        k: (tuple(v.shape), tuple(expected[k].shape))
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    }
     if set(state) != set(expected) or mismatched:
         raise ValueError(
             f"{projector_file} does not fit the projector: keys in file {sorted(state)}, expected {sorted(expected)}, "
@@ -119,7 +127,9 @@ class ReportGenCheckpointSaver:
     Only rank 0 writes (the trainer's handlers run on every rank under DDP).
     """
 
-    def __init__(self, save_dir: str | Path, network: ReportGenerator, save_interval: int = 1, record: dict | None = None):
+    def __init__(
+        self, save_dir: str | Path, network: ReportGenerator, save_interval: int = 1, record: dict | None = None
+    ):
         self.save_dir = Path(save_dir)
         self.network = network
         self.save_interval = max(int(save_interval), 1)

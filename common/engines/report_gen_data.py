@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -21,7 +22,7 @@ from common.weights.hf_loading import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_report_rows", "load_or_build_tokenizer", "count_visual_tokens", "make_collators"]
+__all__ = ["count_visual_tokens", "load_or_build_tokenizer", "load_report_rows", "make_collators"]
 
 
 def load_report_rows(
@@ -51,7 +52,11 @@ def load_report_rows(
         with_reports: False for inference on images alone (no report column needed).
     """
     rows = load_manifest(
-        manifest, dataset_dir, split=split, require_report=with_reports, check_files=check_files,
+        manifest,
+        dataset_dir,
+        split=split,
+        require_report=with_reports,
+        check_files=check_files,
         skip_bad_rows=skip_bad_rows,
     )
     kept, skipped = [], 0
@@ -80,7 +85,9 @@ def load_report_rows(
 
 
 def load_or_build_tokenizer(
-    tokenizer_path: str | Path | None, demo_rows: Sequence[dict[str, Any]] | None = None, save_dir: str | Path | None = None
+    tokenizer_path: str | Path | None,
+    demo_rows: Sequence[dict[str, Any]] | None = None,
+    save_dir: str | Path | None = None,
 ):
     """The LLM's tokenizer from a local folder; without one, a word-level tokenizer trained on ``demo_rows`` reports.
 
@@ -92,7 +99,9 @@ def load_or_build_tokenizer(
     elif save_dir is not None and (Path(save_dir) / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(save_dir, key="tokenizer_path")
     elif demo_rows:
-        tokenizer = build_word_level_tokenizer([r["report"] for r in demo_rows] + ["findings of the chest x-ray :"], save_dir)
+        tokenizer = build_word_level_tokenizer(
+            [r["report"] for r in demo_rows] + ["findings of the chest x-ray :"], save_dir
+        )
     else:
         raise ValueError("tokenizer_path is empty and there are no reports to build a demo tokenizer from")
     if tokenizer.pad_token_id is None:  # Llama tokenizers have no pad token; pad with EOS, masked from the loss

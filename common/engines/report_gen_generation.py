@@ -8,8 +8,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -20,7 +21,7 @@ from common.metrics.nlg import nlg_metrics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReportLMLoss", "ReportGenerationIteration", "ReportGenerationWriter", "write_text_atomic"]
+__all__ = ["ReportGenerationIteration", "ReportGenerationWriter", "ReportLMLoss", "write_text_atomic"]
 
 
 class ReportLMLoss(nn.Module):
@@ -144,7 +145,8 @@ class ReportGenerationWriter:
     def collect(self, engine: Engine) -> None:
         out = engine.state.output
         self.records.extend(
-            {"id": str(i), "generated": g, "reference": r} for i, g, r in zip(out["id"], out["generated"], out["reference"])
+            {"id": str(i), "generated": g, "reference": r}
+            for i, g, r in zip(out["id"], out["generated"], out["reference"])
         )
 
     def score(self, records: Sequence[Mapping[str, str]]) -> dict[str, Any]:
@@ -164,7 +166,11 @@ class ReportGenerationWriter:
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return
         has_references = bool(records) and all(r["reference"] for r in records)
-        metrics = self.score(records) if has_references else {"num_reports": len(records), "metrics": "skipped: no references"}
+        metrics = (
+            self.score(records)
+            if has_references
+            else {"num_reports": len(records), "metrics": "skipped: no references"}
+        )
         self.last_metrics = metrics
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         write_text_atomic(self.output_dir / f"{self.prefix}.jsonl", lines)

@@ -8,7 +8,7 @@ given for it too (R2GenGPT's "delta" mode puts LoRA on Swin's query/value).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -51,7 +51,12 @@ def configure_stage(
         param.requires_grad_(True)
     if stage == 2:
         model.language_model = apply_lora(
-            model.language_model, lora_targets, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, log_summary=False
+            model.language_model,
+            lora_targets,
+            rank=lora_rank,
+            alpha=lora_alpha,
+            dropout=lora_dropout,
+            log_summary=False,
         )
         if vision_lora_targets:
             model.vision_encoder.model = apply_lora(

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["nlg_tokenize", "nlg_metrics", "java_available"]
+__all__ = ["java_available", "nlg_metrics", "nlg_tokenize"]
 
 _WORD = re.compile(r"[a-z0-9]+")
 

@@ -10,8 +10,9 @@ projected tokens placed inside a text prompt, and a decoder-only LLM (Llama/Open
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +61,10 @@ class ReportGenerator(nn.Module):
         self.image_key = image_key
         if gradient_checkpointing:
             # non-reentrant checkpointing keeps gradients flowing to the soft prompts although the LLM is frozen
-            language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+                language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             language_model.config.use_cache = False
 
     @classmethod
@@ -92,7 +96,9 @@ class ReportGenerator(nn.Module):
                 torch.manual_seed(int(init_seed))
             vision = HFVisionEncoder(vision_model_path, vision_config, drop_cls_token=drop_cls_token)
             load_kwargs = {"dtype": _DTYPES[llm_dtype]} if llm_path and llm_dtype else {}
-            llm = load_or_build_model(llm_path, llm_config, auto_class=AutoModelForCausalLM, key="llm_path", **load_kwargs)
+            llm = load_or_build_model(
+                llm_path, llm_config, auto_class=AutoModelForCausalLM, key="llm_path", **load_kwargs
+            )
             if not llm_path and llm_dtype:
                 llm = llm.to(_DTYPES[llm_dtype])
             return cls(vision, llm, **kwargs)
@@ -135,7 +141,10 @@ class ReportGenerator(nn.Module):
         with self._autocast(batch["input_ids"].device):
             embeds = self.input_embeddings(batch)
             out = self.language_model(
-                inputs_embeds=embeds, attention_mask=batch.get("attention_mask"), labels=batch.get("labels"), use_cache=False
+                inputs_embeds=embeds,
+                attention_mask=batch.get("attention_mask"),
+                labels=batch.get("labels"),
+                use_cache=False,
             )
         result = {"logits": out.logits}
         if out.loss is not None:

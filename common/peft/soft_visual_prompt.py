@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["VisualProjector", "PromptTemplate", "place_soft_prompts", "IMAGE_MARKER"]
+__all__ = ["IMAGE_MARKER", "PromptTemplate", "VisualProjector", "place_soft_prompts"]
 
 IMAGE_MARKER = "<image>"
 
@@ -115,7 +115,9 @@ def place_soft_prompts(
     """
     batch, num_tokens, dim = soft_prompts.shape
     if text_embeds.shape[0] != batch or text_embeds.shape[-1] != dim:
-        raise ValueError(f"soft prompts {tuple(soft_prompts.shape)} do not fit text embeddings {tuple(text_embeds.shape)}")
+        raise ValueError(
+            f"soft prompts {tuple(soft_prompts.shape)} do not fit text embeddings {tuple(text_embeds.shape)}"
+        )
     counts = image_token_mask.sum(dim=1)
     if not torch.all(counts == num_tokens):
         raise ValueError(f"each row needs {num_tokens} image positions in image_token_mask, got {counts.tolist()}")

@@ -7,8 +7,9 @@ same architecture from a config dict with random weights (tiny models in tests a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -20,18 +20,36 @@ IMAGE_SIZE = 16
 PATCH = 8
 
 
-def tiny_generator(tokenizer, projector_type: str = "linear", seed: int = 0) -> ReportGenerator:
+def tiny_generator(tokenizer, projector_type: str = "linear", seed: int = 0, **kwargs) -> ReportGenerator:
     torch.manual_seed(seed)
     vision_config = {
-        "model_type": "vit", "image_size": IMAGE_SIZE, "patch_size": PATCH, "num_channels": 1, "hidden_size": 16,
-        "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+        "model_type": "vit",
+        "image_size": IMAGE_SIZE,
+        "patch_size": PATCH,
+        "num_channels": 1,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
     }
     llm_config = {
-        "model_type": "gpt2", "vocab_size": len(tokenizer), "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 2,
-        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.2,
-        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+        "model_type": "gpt2",
+        "vocab_size": len(tokenizer),
+        "n_positions": 64,
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 2,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "initializer_range": 0.2,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
     }
-    return ReportGenerator.from_config(vision_config=vision_config, llm_config=llm_config, projector_type=projector_type)
+    return ReportGenerator.from_config(
+        vision_config=vision_config, llm_config=llm_config, projector_type=projector_type, init_seed=seed, **kwargs
+    )
 
 
 @pytest.fixture(scope="session")

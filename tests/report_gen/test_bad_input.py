@@ -19,8 +19,18 @@ def dataset(tmp_path):
         Image.fromarray((torch.rand(32, 32) * 255).byte().numpy()).save(tmp_path / "images" / f"{i}.png")
     (tmp_path / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     rows = [
-        {"image": "images/0.png", "report": "FINDINGS: The heart is normal. IMPRESSION: No acute disease.", "split": "train", "patient_id": "a"},
-        {"image": "images/1.png", "report": "FINDINGS: There is a XXXX right effusion.", "split": "train", "patient_id": "b"},
+        {
+            "image": "images/0.png",
+            "report": "FINDINGS: The heart is normal. IMPRESSION: No acute disease.",
+            "split": "train",
+            "patient_id": "a",
+        },
+        {
+            "image": "images/1.png",
+            "report": "FINDINGS: There is a XXXX right effusion.",
+            "split": "train",
+            "patient_id": "b",
+        },
         {"image": "images/2.png", "report": "No pneumothorax.", "split": "val", "patient_id": "c"},
     ]
     return tmp_path, rows
