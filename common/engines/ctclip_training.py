@@ -156,7 +156,9 @@ class CTCLIPPrepareBatch:
         if self.objective == "prompt_pair":
             prompts = self.tokenize(self.prompts, device)
             inputs["prompt_input_ids"], inputs["prompt_attention_mask"] = prompts["input_ids"], prompts["attention_mask"]
-        return inputs, self.labels(batch, device)
+        # the CLIP objective needs no labels (and the training manifest may not have parsed them)
+        labels = self.labels(batch, device) if (self.objective == "prompt_pair" or self.require_labels) else None
+        return inputs, labels
 
 
 class CTCLIPLoss(nn.Module):

@@ -155,6 +155,9 @@ class ZeroShotIteration:
 
 
 def _ids(batchdata: Mapping[str, Any], size: int) -> list[str]:
+    """Source paths of the batch: ``source_path`` (copied before loading; not ``image_*``, which MONAI treats as meta dicts) or the MetaTensor's filename."""
+    if "source_path" in batchdata:
+        return [str(p) for p in batchdata["source_path"]]
     image = batchdata.get("image")
     meta = getattr(image, "meta", None) or batchdata.get("image_meta_dict") or {}
     names = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None

@@ -25,7 +25,7 @@ def _run(repo_root: Path, bundle_root: Path, configs: list[str], *overrides: str
 @pytest.mark.slow
 def test_demo_trains_evaluates_and_infers(repo_root, tmp_path, request):
     bundle = tmp_path / "ctclip_lora"
-    train = _run(repo_root, bundle, ["train.json", "demo.json"])
+    train = _run(repo_root, bundle, ["train.json", "demo.json"], "--num_epochs", "15")
     assert "trainable params" in train.stdout  # the parameter summary is printed
     adapters = bundle / "models" / "adapters"
     assert (adapters / "adapter_config.json").is_file() and (bundle / "models" / "adapters.safetensors").is_file()
