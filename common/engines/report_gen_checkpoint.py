@@ -84,8 +84,41 @@ def _load_adapters(owner: Any, attribute: str, folder: Path) -> None:
         setattr(owner, attribute, load_lora_folder(current, folder, is_trainable=False))
 
 
+# what must match between training and reuse; paths may differ between machines (checked by folder name only)
+_STRICT_KEYS = ("vision_config", "llm_config", "projector_type", "prompt_template")
+_PATH_KEYS = ("vision_model_path", "llm_path")
+
+
+def check_base_models(directory: str | Path, expected: dict[str, Any]) -> None:
+    """Compare ``expected`` with the checkpoint's ``base_models.json``; raise on another architecture or prompt.
+
+    The base model of a path-loaded LLM is recognised by its folder name (``open_llama_7b_v2``), so a copy of the same
+    weights elsewhere loads; another folder name, or another config / projector / prompt template, is an error:
+    adapters and a projector applied to other frozen weights produce plausible-looking nonsense.
+    """
+    record_file = Path(directory) / "base_models.json"
+    if not record_file.is_file():
+        logger.warning("%s has no base_models.json: cannot check which base models it belongs to", directory)
+        return
+    record = json.loads(record_file.read_text())
+    expected = json.loads(json.dumps(expected, default=str))
+    problems = []
+    for key in _STRICT_KEYS:
+        mine, theirs = expected.get(key), record.get(key)
+        path_key = {"vision_config": "vision_model_path", "llm_config": "llm_path"}.get(key)
+        loaded_from_path = bool(path_key and (expected.get(path_key) or record.get(path_key)))  # config unused then
+        if key in record and key in expected and mine != theirs and not loaded_from_path:
+            problems.append(f"{key}: checkpoint {theirs!r}, now {mine!r}")
+    for key in _PATH_KEYS:
+        mine, theirs = expected.get(key) or "", record.get(key) or ""
+        if key in record and key in expected and Path(mine).name != Path(theirs).name:
+            problems.append(f"{key}: checkpoint {theirs!r}, now {mine!r}")
+    if problems:
+        raise ValueError(f"checkpoint {directory} was trained on other base models or prompt: " + "; ".join(problems))
+
+
 def load_report_gen_checkpoint(
-    model: ReportGenerator, directory: str | Path, load_adapters: bool = True
+    model: ReportGenerator, directory: str | Path, load_adapters: bool = True, expected_record: dict | None = None
 ) -> ReportGenerator:
     """Load a checkpoint written by :func:`save_report_gen_checkpoint` into ``model`` (in place; returned).
 
@@ -93,7 +126,10 @@ def load_report_gen_checkpoint(
         model: a report generator with the same base models.
         directory: the checkpoint folder.
         load_adapters: also load the LoRA folders (False loads only the projector: the start of stage 2).
+        expected_record: the base-model record of the current config (see :func:`check_base_models`); None skips it.
     """
+    if expected_record is not None and Path(directory).is_dir():
+        check_base_models(directory, expected_record)
     target = _unwrap(model)
     directory = Path(directory)
     projector_file = directory / PROJECTOR_FILE

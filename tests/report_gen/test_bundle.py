@@ -108,6 +108,11 @@ def test_reloaded_checkpoint_generates_what_the_trained_model_generated(repo_roo
     inferred = {r["id"]: r["generated"] for r in _records(trained_demo / "eval" / "inference.jsonl")}
     evaluated = {r["id"]: r["generated"] for r in _records(trained_demo / "eval" / "test_generated_stage2.jsonl")}
     assert inferred == evaluated
+    # merge-and-export writes plain Hugging Face folders (LoRA merged into the LLM) and the projector
+    _run(repo_root, ["train.json", "evaluate.json", "export.json", "demo.json"], trained_demo)
+    export = trained_demo / "models" / "export"
+    assert (export / "llm" / "model.safetensors").is_file() and (export / "vision" / "model.safetensors").is_file()
+    assert (export / "projector.safetensors").is_file() and not (export / "llm_lora").exists()
 
 
 @pytest.mark.slow

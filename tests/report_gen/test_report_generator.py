@@ -226,3 +226,17 @@ def test_each_stage_lowers_the_loss(word_tokenizer, train_batch, stage):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < (0.85 if stage == 1 else 0.3) * losses[0]
+
+
+def test_checkpoint_refuses_other_base_models(word_tokenizer, tmp_path):
+    model = configure_stage(tiny_generator(word_tokenizer), stage=1)
+    record = {"llm_path": "/weights/open_llama_7b_v2", "llm_config": None, "vision_config": {"model_type": "vit"},
+              "vision_model_path": "", "projector_type": "linear", "prompt_template": "a <image> b"}  # fmt: skip
+    save_report_gen_checkpoint(model, tmp_path / "ckpt", {**record, "stage": 1})
+    moved = {**record, "llm_path": "/elsewhere/open_llama_7b_v2"}  # same weights in another folder: fine
+    load_report_gen_checkpoint(tiny_generator(word_tokenizer), tmp_path / "ckpt", expected_record={**moved, "stage": 2})
+    for key, value in [("llm_path", "/weights/gpt2"), ("prompt_template", "other <image>"), ("vision_config", {})]:
+        with pytest.raises(ValueError, match=f"trained on other base models or prompt: {key}"):
+            load_report_gen_checkpoint(
+                tiny_generator(word_tokenizer), tmp_path / "ckpt", expected_record={**record, key: value}
+            )

@@ -1,0 +1,74 @@
+"""Merge-and-export of a trained report generator into plain Hugging Face folders for deployment.
+
+The LoRA updates are merged into the LLM's weights (PEFT ``merge_and_unload``), so the exported model runs without
+PEFT and without the adapter indirection. Layout of the export folder::
+
+    llm/                    the merged causal LM (``save_pretrained``, safetensors) and its tokenizer
+    vision/                 the vision encoder (merged too when it had LoRA)
+    projector.safetensors   the projector
+    base_models.json        the record of the checkpoint it came from
+
+It loads back with ``ReportGenerator.from_config(vision_model_path=<export>/vision, llm_path=<export>/llm)`` and
+:func:`common.engines.report_gen_checkpoint.load_report_gen_checkpoint` on the same folder (projector only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+from safetensors.torch import save_file
+
+from common.engines.report_gen_checkpoint import PROJECTOR_FILE
+from common.models.report_generator import ReportGenerator
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["export_merged"]
+
+
+def export_merged(
+    model: ReportGenerator, directory: str | Path, tokenizer: Any = None, record: dict[str, Any] | None = None
+) -> Path:
+    """Merge the adapters of ``model`` (in place) and write the plain model to ``directory``, atomically.
+
+    Args:
+        model: a report generator, typically loaded from a stage-2 checkpoint.
+        directory: the export folder; replaced as a whole.
+        tokenizer: saved next to the LLM so that ``llm/`` is a complete Hugging Face folder.
+        record: written to ``base_models.json``.
+    """
+    model = getattr(model, "module", model)
+    if isinstance(model.language_model, PeftModel):
+        model.language_model = model.language_model.merge_and_unload()
+    if isinstance(model.vision_encoder.model, PeftModel):
+        model.vision_encoder.model = model.vision_encoder.model.merge_and_unload()
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        model.language_model.save_pretrained(str(tmp / "llm"), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / "llm"))
+        model.vision_encoder.model.save_pretrained(str(tmp / "vision"), safe_serialization=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
+        save_file(state, str(tmp / PROJECTOR_FILE), metadata={"format": "pt", "projector_type": model.projector.kind})
+        (tmp / "base_models.json").write_text(json.dumps({**(record or {}), "merged": True}, indent=2, default=str))
+        old = None
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("exported the merged report generator to %s", directory)
+    return directory
