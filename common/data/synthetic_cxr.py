@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .distributed import rank_zero_first
 from .manifest import assign_patient_splits, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,11 @@ def make_synthetic_cxr_dataset(
     column per class, ``patient_id`` and a patient-level ``split``. Classes are balanced (round robin).
     An existing manifest is kept unless ``overwrite`` (so a re-run of a demo reuses its data).
     """
-    out_dir = Path(out_dir)
+    with rank_zero_first():  # under DDP, rank 0 writes the files once and the other ranks reuse them
+        return _make_dataset(Path(out_dir), num_samples, class_names, image_size, seed, split_fractions, studies_per_patient, manifest_name, overwrite)
+
+
+def _make_dataset(out_dir, num_samples, class_names, image_size, seed, split_fractions, studies_per_patient, manifest_name, overwrite) -> Path:
     manifest = out_dir / manifest_name
     if manifest.is_file() and not overwrite:
         logger.info("synthetic data already at %s; reusing it", manifest)

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.embedding_cache import EmbeddingCache, hash_file_content, hash_text
+from ..data.distributed import get_rank, rank_zero_first
 from ..data.image_loading import describe_source
 
 logger = logging.getLogger(__name__)
@@ -25,15 +26,6 @@ __all__ = ["extract_embeddings", "build_embedding_table", "BadRowError"]
 
 class BadRowError(ValueError):
     """An item that cannot be embedded; the message names the manifest row and field."""
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def _content_key(encoder, row: dict[str, Any], modality: str) -> tuple[str, Any]:
@@ -82,32 +74,34 @@ def extract_embeddings(
     """
     if modality not in ("image", "text"):
         raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
-    cache = EmbeddingCache(cache_dir, encoder.identity())
+    identity = encoder.identity()
     bad: list[str] = []
-    keys: list[str | None] = []
-    texts: dict[str, str] = {}
-    first_row: dict[str, dict[str, Any]] = {}  # one row per distinct content, for loading and error messages
-    for row in rows:
-        try:
-            key, text = _content_key(encoder, row, modality)
-        except BadRowError as err:
-            _handle_bad(err, skip_bad_rows, bad)
-            keys.append(None)
-            continue
-        keys.append(key)
-        first_row.setdefault(key, row)
-        if text is not None:
-            texts[key] = text
-
-    if _rank() == 0:
+    # rank 0 reads the files and fills the cache; then every other rank reads the same files and the cache
+    with rank_zero_first() as is_first:
+        cache = EmbeddingCache(cache_dir, identity)
+        keys: list[str | None] = []
+        texts: dict[str, str] = {}
+        first_row: dict[str, dict[str, Any]] = {}  # one row per distinct content, for loading and error messages
+        for row in rows:
+            try:
+                key, text = _content_key(encoder, row, modality)
+            except BadRowError as err:
+                _handle_bad(err, skip_bad_rows, bad)
+                keys.append(None)
+                continue
+            keys.append(key)
+            first_row.setdefault(key, row)
+            if text is not None:
+                texts[key] = text
         todo = cache.missing(k for k in keys if k is not None)
-        logger.info("%s embeddings: %d rows, %d cached, %d to compute", modality, len(rows), len(set(filter(None, keys))) - len(todo), len(todo))
-        failed = _encode_missing(encoder, cache, todo, texts, first_row, modality, batch_size, skip_bad_rows, bad, progress)
-        keys = [None if k in failed else k for k in keys]
-    _barrier()
-    if _rank() != 0:
-        cache = EmbeddingCache(cache_dir, encoder.identity())  # re-read what rank 0 committed
-        keys = [k if (k is None or k in cache) else None for k in keys]
+        if is_first:
+            logger.info("%s embeddings: %d rows, %d cached, %d to compute", modality, len(rows), len(first_row) - len(todo), len(todo))
+            failed = _encode_missing(encoder, cache, todo, texts, first_row, modality, batch_size, skip_bad_rows, bad, progress)
+            keys = [None if k in failed else k for k in keys]
+        elif todo and not skip_bad_rows:
+            raise RuntimeError(f"rank {get_rank()}: {len(todo)} {modality} embeddings that rank 0 should have cached are missing")
+        else:
+            keys = [None if k in todo else k for k in keys]  # rank 0 skipped these rows as bad
     if bad:
         logger.warning("%s extraction: skipped %d bad row(s) of %d", modality, len(bad), len(rows))
     kept = [i for i, k in enumerate(keys) if k is not None]

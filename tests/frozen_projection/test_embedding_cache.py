@@ -1,0 +1,139 @@
+"""The embedding cache: hits, misses, invalidation, resumption, and bad rows named."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from common.engines.embedding_extraction import BadRowError, extract_embeddings
+
+
+def _counting(encoder):
+    """Count the items the encoder actually embeds."""
+    calls = {"items": 0}
+    forward = encoder.forward
+
+    def counted(batch):
+        calls["items"] += len(batch)
+        return forward(batch)
+
+    encoder.forward = counted
+    return calls
+
+
+def test_second_run_recomputes_nothing(tmp_path, synthetic_rows, tiny_image_encoder, tiny_text_encoder):
+    for modality, build in (("image", tiny_image_encoder), ("text", tiny_text_encoder)):
+        encoder = build()
+        calls = _counting(encoder)
+        first, kept = extract_embeddings(encoder, synthetic_rows, modality, tmp_path, batch_size=16, progress=False)
+        computed = calls["items"]
+        assert computed > 0 and len(kept) == len(synthetic_rows)
+        second, _ = extract_embeddings(encoder, synthetic_rows, modality, tmp_path, batch_size=16, progress=False)
+        assert calls["items"] == computed  # all hits
+        np.testing.assert_array_equal(first, second)
+        # float16 storage keeps the values to about 3 significant digits
+        fresh = encoder([encoder.prepare(synthetic_rows[0]["report"])]) if modality == "text" else encoder(encoder.prepare(synthetic_rows[0])[None])
+        np.testing.assert_allclose(first[0], fresh[0].numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_identical_reports_are_embedded_once(tmp_path, synthetic_rows, tiny_text_encoder):
+    encoder = tiny_text_encoder()
+    calls = _counting(encoder)
+    extract_embeddings(encoder, synthetic_rows, "text", tmp_path, progress=False)
+    distinct = len({encoder.prepare(r["report"]) for r in synthetic_rows})
+    assert calls["items"] == distinct < len(synthetic_rows)
+
+
+@pytest.mark.parametrize("change", [{"max_length": 8}, {"pooling": "cls"}, {"report_sections": ["impression"]}])
+def test_text_settings_invalidate_the_cache(tmp_path, synthetic_rows, tiny_text_encoder, change):
+    extract_embeddings(tiny_text_encoder(), synthetic_rows, "text", tmp_path, progress=False)
+    changed = tiny_text_encoder(**change)
+    calls = _counting(changed)
+    extract_embeddings(changed, synthetic_rows, "text", tmp_path, progress=False)
+    assert calls["items"] > 0
+
+
+def test_other_weights_invalidate_the_cache(tmp_path, synthetic_rows, tiny_image_encoder):
+    extract_embeddings(tiny_image_encoder(), synthetic_rows[:8], "image", tmp_path, progress=False)
+    other = tiny_image_encoder()
+    with torch.no_grad():
+        next(other.model.parameters()).add_(0.01)
+    calls = _counting(other)
+    extract_embeddings(other, synthetic_rows[:8], "image", tmp_path, progress=False)
+    assert calls["items"] == 8
+
+
+def test_a_changed_file_recomputes_that_file_alone(tmp_path, synthetic_rows, tiny_image_encoder):
+    rows = [dict(r) for r in synthetic_rows[:6]]
+    for i, row in enumerate(rows):  # private copies of the images, so the session fixture stays intact
+        copy = tmp_path / f"img{i}.png"
+        shutil.copy(row["image"], copy)
+        row["image"] = str(copy)
+    encoder = tiny_image_encoder()
+    before, _ = extract_embeddings(encoder, rows, "image", tmp_path / "cache", progress=False)
+    shutil.copy(synthetic_rows[10]["image"], rows[2]["image"])  # new content under the same name
+    calls = _counting(encoder)
+    after, _ = extract_embeddings(encoder, rows, "image", tmp_path / "cache", progress=False)
+    assert calls["items"] == 1
+    assert not np.allclose(before[2], after[2])
+    np.testing.assert_array_equal(np.delete(before, 2, 0), np.delete(after, 2, 0))
+
+
+def test_interrupted_extraction_resumes_without_recomputing(tmp_path, synthetic_rows, tiny_text_encoder):
+    rows = synthetic_rows
+    encoder = tiny_text_encoder(max_length=16)
+    forward, batches = encoder.forward, {"n": 0}
+
+    def dies_on_third_batch(batch):
+        batches["n"] += 1
+        if batches["n"] == 3:
+            raise KeyboardInterrupt
+        return forward(batch)
+
+    encoder.forward = dies_on_third_batch
+    with pytest.raises(KeyboardInterrupt):
+        extract_embeddings(encoder, rows, "text", tmp_path, batch_size=4, progress=False)
+    space = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(list(space.glob("shard_*.keys.json"))) == 2  # two committed shards
+    assert not list(space.glob(".*tmp"))  # nothing half-written
+    encoder.forward = forward
+    calls = _counting(encoder)
+    _, kept = extract_embeddings(encoder, rows, "text", tmp_path, batch_size=4, progress=False)
+    distinct = len({encoder.prepare(r["report"]) for r in rows})
+    assert calls["items"] == distinct - 8 and len(kept) == len(rows)
+
+
+def test_empty_report_and_missing_image_are_named(tmp_path, synthetic_rows, tiny_image_encoder, tiny_text_encoder, caplog):
+    rows = [dict(r) for r in synthetic_rows[:4]]
+    rows[1]["report"] = "   "
+    rows[2]["image"] = str(tmp_path / "gone.png")
+    with pytest.raises(BadRowError, match=r"empty report \(row 2 of .*manifest.csv, field 'report'\)"):
+        extract_embeddings(tiny_text_encoder(), rows, "text", tmp_path, progress=False)
+    with pytest.raises(BadRowError, match=r"gone.png \(row 3 of .*field 'image'\)"):
+        extract_embeddings(tiny_image_encoder(), rows, "image", tmp_path, progress=False)
+    with caplog.at_level(logging.WARNING):
+        _, kept = extract_embeddings(tiny_text_encoder(), rows, "text", tmp_path, skip_bad_rows=True, progress=False)
+    assert kept == [0, 2, 3]
+    assert any("skipped 1 bad row(s) of 4" in r.getMessage() for r in caplog.records)
+
+
+def test_nan_embedding_is_named_and_never_cached(tmp_path, synthetic_rows, tiny_image_encoder):
+    encoder = tiny_image_encoder()
+    forward = encoder.forward
+
+    def nan_for_second(batch):
+        out = forward(batch)
+        out[1] = float("nan")
+        return out
+
+    encoder.forward = nan_for_second
+    with pytest.raises(BadRowError, match=r"NaN/inf for row 2 of .*field 'image'"):
+        extract_embeddings(encoder, synthetic_rows[:4], "image", tmp_path, progress=False)
+    encoder.forward = forward
+    calls = _counting(encoder)
+    extract_embeddings(encoder, synthetic_rows[:4], "image", tmp_path, progress=False)
+    assert calls["items"] == 4  # the failed batch left nothing behind
