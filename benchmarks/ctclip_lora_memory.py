@@ -45,10 +45,26 @@ def measure(lora: bool, checkpointing: bool, args: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ctvit = CTViT(dim=args.dim, codebook_size=1024, image_size=args.image_size, patch_size=20, temporal_patch_size=10,
-                  spatial_depth=4, temporal_depth=4, dim_head=32, heads=args.dim // 32)
-    bert = BertModel(BertConfig(hidden_size=args.text_dim, num_hidden_layers=args.text_layers, num_attention_heads=args.text_dim // 64,
-                                intermediate_size=4 * args.text_dim, max_position_embeddings=512))
+    ctvit = CTViT(
+        dim=args.dim,
+        codebook_size=1024,
+        image_size=args.image_size,
+        patch_size=20,
+        temporal_patch_size=10,
+        spatial_depth=4,
+        temporal_depth=4,
+        dim_head=32,
+        heads=args.dim // 32,
+    )
+    bert = BertModel(
+        BertConfig(
+            hidden_size=args.text_dim,
+            num_hidden_layers=args.text_layers,
+            num_attention_heads=args.text_dim // 64,
+            intermediate_size=4 * args.text_dim,
+            max_position_embeddings=512,
+        )
+    )
     h, w = ctvit.patch_height_width
     model = CTCLIP(ctvit, bert, dim_image=h * w * args.dim, dim_text=args.text_dim, dim_latent=512, keep_unused=False)
     if lora:
@@ -61,7 +77,9 @@ def measure(lora: bool, checkpointing: bool, args: argparse.Namespace) -> dict:
     loss_fn = CTCLIPLoss("clip")
     g = torch.Generator().manual_seed(0)
     batch = {
-        "image": (torch.rand(args.batch_size, 1, args.depth, args.image_size, args.image_size, generator=g) * 2 - 1).to(device),
+        "image": (torch.rand(args.batch_size, 1, args.depth, args.image_size, args.image_size, generator=g) * 2 - 1).to(
+            device
+        ),
         "input_ids": torch.randint(5, 30000, (args.batch_size, 96), generator=g).to(device),
         "attention_mask": torch.ones(args.batch_size, 96, dtype=torch.long).to(device),
     }
@@ -78,8 +96,12 @@ def measure(lora: bool, checkpointing: bool, args: argparse.Namespace) -> dict:
         loss.backward()
         optimizer.step()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss_kib("VmHWM") * 1024
-    return {"peak_step_mib": (peak - base) / 2**20, "trainable": parameter_summary(model).trainable,
-            "total": parameter_summary(model).total, "device": device.type}
+    return {
+        "peak_step_mib": (peak - base) / 2**20,
+        "trainable": parameter_summary(model).trainable,
+        "total": parameter_summary(model).total,
+        "device": device.type,
+    }
 
 
 def main() -> None:
@@ -115,8 +137,12 @@ def main() -> None:
         row["ratio_to_full_fine_tuning"] = row["peak_step_mib"] / full
     record = {
         "what": "peak memory of two AdamW steps (CLIP objective) above the built model, per configuration, one run",
-        "model": {"ctvit_dim": args.dim, "volume": [args.batch_size, 1, args.depth, args.image_size, args.image_size],
-                  "bert_hidden": args.text_dim, "bert_layers": args.text_layers},
+        "model": {
+            "ctvit_dim": args.dim,
+            "volume": [args.batch_size, 1, args.depth, args.image_size, args.image_size],
+            "bert_hidden": args.text_dim,
+            "bert_layers": args.text_layers,
+        },
         "rows": rows,
     }
     out_path = Path(args.out)
@@ -126,13 +152,19 @@ def main() -> None:
         f"CT-CLIP architecture at reduced size (CTViT dim {args.dim}, 4+4 layers; volumes {record['model']['volume']}; "
         f"BERT hidden {args.text_dim} x {args.text_layers}), random weights, device {rows[0]['device']}. "
         "Peak = memory above the built model during two AdamW steps "
-        + ("(torch.cuda.max_memory_allocated)." if rows[0]["device"] == "cuda" else "(growth of the process peak RSS, VmHWM)."),
+        + (
+            "(torch.cuda.max_memory_allocated)."
+            if rows[0]["device"] == "cuda"
+            else "(growth of the process peak RSS, VmHWM)."
+        ),
         "",
         "| configuration | trainable params | peak step memory (MiB) | ratio to full FT |",
         "|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(f"| {row['name']} | {row['trainable']:,} of {row['total']:,} | {row['peak_step_mib']:.0f} | {row['ratio_to_full_fine_tuning']:.2f} |")
+        lines.append(
+            f"| {row['name']} | {row['trainable']:,} of {row['total']:,} | {row['peak_step_mib']:.0f} | {row['ratio_to_full_fine_tuning']:.2f} |"
+        )
     md = "\n".join(lines) + "\n"
     atomic_write_bytes(out_path.with_suffix(".md"), md.encode())
     print(md)

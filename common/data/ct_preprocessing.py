@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,14 +42,14 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CT_CLIP_PIXDIM",
     "CT_CLIP_SPATIAL_SIZE",
-    "read_rescale_metadata",
-    "looks_like_hu",
-    "CheckDicomSeriesd",
-    "RescaleHUd",
-    "OfficialResampled",
-    "ct_clip_transforms",
-    "check_preprocessed",
     "NIFTI_AXIS_LABELS",
+    "CheckDicomSeriesd",
+    "OfficialResampled",
+    "RescaleHUd",
+    "check_preprocessed",
+    "ct_clip_transforms",
+    "looks_like_hu",
+    "read_rescale_metadata",
 ]
 
 CT_CLIP_PIXDIM: tuple[float, float, float] = (0.75, 0.75, 1.5)
@@ -76,7 +76,9 @@ def read_rescale_metadata(path: str | Path) -> dict[str, tuple[float, float]]:
             try:
                 table[_volume_stem(row["VolumeName"])] = (float(row["RescaleSlope"]), float(row["RescaleIntercept"]))
             except ValueError:
-                raise ValueError(f"{path}: line {number}: RescaleSlope/RescaleIntercept are not numbers: {row}") from None
+                raise ValueError(
+                    f"{path}: line {number}: RescaleSlope/RescaleIntercept are not numbers: {row}"
+                ) from None
     return table
 
 
@@ -115,12 +117,15 @@ class CheckDicomSeriesd(MapTransform):
                 try:
                     header = pydicom.dcmread(str(file), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
                     uid = str(header.get("SeriesInstanceUID", "")) or "<no SeriesInstanceUID>"
-                except Exception:  # noqa: BLE001 - non-DICOM files in the folder are the reader's business
+                except Exception as err:  # noqa: BLE001 - non-DICOM files in the folder are the reader's business
+                    logger.debug("skipping %s while counting series: %s", file, err)
                     continue
                 series[uid] = series.get(uid, 0) + 1
             if len(series) > 1:
                 listing = ", ".join(f"{uid} ({n} files)" for uid, n in sorted(series.items()))
-                raise ValueError(f"DICOM folder {path} ({key}) holds {len(series)} series: {listing}; expected one series per folder")
+                raise ValueError(
+                    f"DICOM folder {path} ({key}) holds {len(series)} series: {listing}; expected one series per folder"
+                )
         return d
 
 
@@ -162,7 +167,9 @@ class RescaleHUd(MapTransform):
             entry = self.table.get(_volume_stem(source))
             if entry is None:
                 if self.require_entry:
-                    raise ValueError(f"volume {source} ({key}) has no RescaleSlope/RescaleIntercept row in {self.metadata_csv}")
+                    raise ValueError(
+                        f"volume {source} ({key}) has no RescaleSlope/RescaleIntercept row in {self.metadata_csv}"
+                    )
                 logger.warning("no HU rescale entry for %s in %s: taken as HU", source, self.metadata_csv)
                 continue
             if self.hu_mode == "auto" and looks_like_hu(volume):
@@ -180,7 +187,9 @@ class OfficialResampled(MapTransform):
     updated by ``Resize``. Use after ``Orientationd`` so the spacing order matches the axes.
     """
 
-    def __init__(self, keys: KeysCollection, pixdim: Sequence[float] = CT_CLIP_PIXDIM, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, pixdim: Sequence[float] = CT_CLIP_PIXDIM, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.pixdim = tuple(float(p) for p in pixdim)
 
@@ -189,7 +198,9 @@ class OfficialResampled(MapTransform):
         for key in self.key_iterator(d):
             volume = d[key]
             if not isinstance(volume, MetaTensor):
-                raise ValueError(f"{key}: OfficialResampled needs a MetaTensor with an affine (load it with LoadVolumed)")
+                raise TypeError(
+                    f"{key}: OfficialResampled needs a MetaTensor with an affine (load it with LoadVolumed)"
+                )
             # NIfTI headers hold float32 (0.9 -> 0.89999998); CT-RATE's CSV holds the decimal the official code used
             spacing = [round(float(s), 5) for s in volume.pixdim[:3]]
             size = [int(n * old / new) for n, old, new in zip(volume.shape[1:], spacing, self.pixdim)]
@@ -227,7 +238,9 @@ def ct_clip_transforms(
     return Compose(steps)
 
 
-def check_preprocessed(volume: torch.Tensor, spatial_size: Sequence[int] = CT_CLIP_SPATIAL_SIZE, source: str = "image") -> None:
+def check_preprocessed(
+    volume: torch.Tensor, spatial_size: Sequence[int] = CT_CLIP_SPATIAL_SIZE, source: str = "image"
+) -> None:
     """Raise ``ValueError`` unless ``volume`` is (1, D, H, W) finite within [-1, 1] with D, H, W = spatial_size[2, 0, 1]."""
     expected = (1, spatial_size[2], spatial_size[0], spatial_size[1])
     if tuple(volume.shape) != expected:

@@ -17,8 +17,8 @@ calcification    very bright (+700 HU) specks along a central vessel
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -27,7 +27,7 @@ from common.data.manifest import assign_patient_splits, write_manifest
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PATTERNS", "DEMO_PATHOLOGIES", "render_synthetic_ct", "make_synthetic_ct_dataset"]
+__all__ = ["DEMO_PATHOLOGIES", "PATTERNS", "make_synthetic_ct_dataset", "render_synthetic_ct"]
 
 PATTERNS = ("nodule", "effusion", "emphysema", "cardiomegaly", "consolidation", "calcification")
 _KNOWN = {
@@ -91,7 +91,9 @@ def _report(names: Sequence[str], present: Sequence[bool], rng: np.random.Genera
     for name, is_present in zip(names, present):
         lower = name.lower()
         if is_present:
-            sentences.append(str(rng.choice([f"{name} is present.", f"There is {lower}.", f"Findings consistent with {lower}."])))
+            sentences.append(
+                str(rng.choice([f"{name} is present.", f"There is {lower}.", f"Findings consistent with {lower}."]))
+            )
         else:
             sentences.append(str(rng.choice([f"{name} is not present.", f"No {lower}.", f"There is no {lower}."])))
     order = rng.permutation(len(sentences))

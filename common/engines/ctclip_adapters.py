@@ -11,8 +11,9 @@ import logging
 import math
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -23,7 +24,7 @@ from common.peft.lora import load_lora_folder, lora_state_dict, save_lora_folder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["save_adapters", "load_adapters", "BestAdapterSaver"]
+__all__ = ["BestAdapterSaver", "load_adapters", "save_adapters"]
 
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_FOLDER = "adapters"
@@ -40,7 +41,7 @@ def save_adapters(model: PeftModel, save_dir: str | Path, metadata: Mapping[str,
     """
     model = _unwrap(model)
     if not isinstance(model, PeftModel):
-        raise ValueError(f"expected a PEFT model with LoRA adapters, got {type(model).__name__}")
+        raise TypeError(f"expected a PEFT model with LoRA adapters, got {type(model).__name__}")
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     save_safetensors(lora_state_dict(model), save_dir / ADAPTER_FILE, metadata)
@@ -108,6 +109,9 @@ class BestAdapterSaver:
                 return
             self.best = value
             header.update(key_metric=self.key_metric, key_metric_value=value)
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0:
+        if (
+            not (torch.distributed.is_available() and torch.distributed.is_initialized())
+            or torch.distributed.get_rank() == 0
+        ):
             folder = save_adapters(self.network, self.save_dir, header)
             logger.info("epoch %d: saved adapters to %s", engine.state.epoch, folder)

@@ -15,7 +15,8 @@ takes the dict, the loss takes ``(outputs dict, targets)``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from common.peft.lora import apply_lora, parameter_summary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["apply_ctclip_lora", "build_prompts", "CTCLIPPrepareBatch", "CTCLIPLoss", "OBJECTIVES"]
+__all__ = ["OBJECTIVES", "CTCLIPLoss", "CTCLIPPrepareBatch", "apply_ctclip_lora", "build_prompts"]
 
 OBJECTIVES = ("clip", "prompt_pair")
 
@@ -68,12 +69,16 @@ def apply_ctclip_lora(
     _check_names(model, targets_text, "text_transformer", "lora_targets_text")
     peft_model = apply_lora(model, "|".join(vision + text), rank=rank, alpha=alpha, dropout=dropout, log_summary=False)
     summary = parameter_summary(peft_model)
-    print(f"CT-CLIP LoRA (r={rank}, alpha={alpha}, vision {list(targets_vision)}, text {list(targets_text)}): {summary}")
+    print(
+        f"CT-CLIP LoRA (r={rank}, alpha={alpha}, vision {list(targets_vision)}, text {list(targets_text)}): {summary}"
+    )
     return peft_model
 
 
 def _check_names(model: nn.Module, targets: Sequence[str], prefix: str, key: str) -> None:
-    linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n.startswith(prefix) and isinstance(m, nn.Linear)}
+    linear = {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n.startswith(prefix) and isinstance(m, nn.Linear)
+    }
     unknown = [t for t in targets if t not in linear]
     if unknown:
         raise ValueError(f"{key}: {unknown} name no Linear layer of {prefix}; choose among {sorted(linear)}")
@@ -132,7 +137,9 @@ class CTCLIPPrepareBatch:
         self.prompts = build_prompts(self.class_names, present_template, absent_template) if class_names else []
 
     def tokenize(self, texts: Sequence[str], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-        tokens = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt")
+        tokens = self.tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
 
     def labels(self, batch: Mapping[str, Any], device: torch.device | str | None = None) -> torch.Tensor | None:
@@ -145,17 +152,26 @@ class CTCLIPPrepareBatch:
             return None
         return torch.stack([torch.as_tensor(batch[c]).float() for c in self.class_names], dim=1).to(device)
 
-    def __call__(self, batch: Mapping[str, Any], device: torch.device | str | None = None, non_blocking: bool = False, **_: Any):
+    def __call__(
+        self, batch: Mapping[str, Any], device: torch.device | str | None = None, non_blocking: bool = False, **_: Any
+    ):
         if self.image_key not in batch:
             raise ValueError(f"batch has no '{self.image_key}' key; keys are {sorted(batch)}")
-        inputs: dict[str, torch.Tensor] = {"image": torch.as_tensor(batch[self.image_key]).to(device, non_blocking=non_blocking)}
+        inputs: dict[str, torch.Tensor] = {
+            "image": torch.as_tensor(batch[self.image_key]).to(device, non_blocking=non_blocking)
+        }
         if self.with_reports:
             if self.report_key not in batch:
-                raise ValueError(f"objective {self.objective!r} needs the '{self.report_key}' field; batch keys are {sorted(batch)}")
+                raise ValueError(
+                    f"objective {self.objective!r} needs the '{self.report_key}' field; batch keys are {sorted(batch)}"
+                )
             inputs.update(self.tokenize(batch[self.report_key], device))
         if self.objective == "prompt_pair":
             prompts = self.tokenize(self.prompts, device)
-            inputs["prompt_input_ids"], inputs["prompt_attention_mask"] = prompts["input_ids"], prompts["attention_mask"]
+            inputs["prompt_input_ids"], inputs["prompt_attention_mask"] = (
+                prompts["input_ids"],
+                prompts["attention_mask"],
+            )
         # the CLIP objective needs no labels (and the training manifest may not have parsed them)
         labels = self.labels(batch, device) if (self.objective == "prompt_pair" or self.require_labels) else None
         return inputs, labels

@@ -25,8 +25,9 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import ignite.distributed as idist
 import numpy as np
@@ -44,14 +45,14 @@ from common.models.ctclip import zero_shot_probabilities
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "check_pathology_names",
-    "check_input_files",
-    "ZeroShotIteration",
     "MeanZeroShotAUROC",
     "ZeroShotCollector",
     "ZeroShotEvalWriter",
+    "ZeroShotIteration",
     "ZeroShotJSONWriter",
     "atomic_write_bytes",
+    "check_input_files",
+    "check_pathology_names",
 ]
 
 
@@ -89,7 +90,9 @@ def check_input_files(paths: Sequence[str]) -> list[str]:
     if isinstance(paths, (str, Path)):
         paths = [str(paths)]
     if not paths:
-        raise ValueError("input_files is empty: pass NIfTI files or DICOM folders, e.g. --input_files \"['/data/ct.nii.gz']\"")
+        raise ValueError(
+            "input_files is empty: pass NIfTI files or DICOM folders, e.g. --input_files \"['/data/ct.nii.gz']\""
+        )
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"input_files not found: {missing}")
@@ -136,7 +139,11 @@ class ZeroShotIteration:
         model.eval()
         inputs, labels = self.prepare_batch(batchdata, device, engine.non_blocking)
         first_of_run = (engine.state.iteration - 1) % max(engine.state.epoch_length or 1, 1) == 0
-        context = torch.autocast(device_type=torch.device(device).type, dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
+        context = (
+            torch.autocast(device_type=torch.device(device).type, dtype=self.autocast_dtype)
+            if self.autocast_dtype
+            else contextlib.nullcontext()
+        )
         with torch.no_grad(), context:
             if first_of_run or self._prompt_latents is None:
                 self._prompt_latents = self.encode_prompts(model, device)
@@ -172,7 +179,9 @@ class MeanZeroShotAUROC(Metric):
     Expects the engine output of :class:`ZeroShotIteration` (``output_transform`` default picks pred/label).
     """
 
-    def __init__(self, output_transform=lambda out: (out["pred"], out["label"]), device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, output_transform=lambda out: (out["pred"], out["label"]), device: str | torch.device = "cpu"
+    ) -> None:
         super().__init__(output_transform=output_transform, device=device)
 
     @reinit__is_reduced
@@ -279,7 +288,9 @@ class ZeroShotEvalWriter(ZeroShotCollector):
             if "label" not in fit:
                 raise ValueError("the threshold-fitting split produced no labels")
             fit_true, fit_prob = fit["label"], fit["pred"]
-        report = zero_shot_report(data["label"], data["pred"], self.class_names, fit_true, fit_prob, self.num_bootstrap, self.seed)
+        report = zero_shot_report(
+            data["label"], data["pred"], self.class_names, fit_true, fit_prob, self.num_bootstrap, self.seed
+        )
         if "text_latents" in data:
             similarity = torch.from_numpy(data["text_latents"] @ data["image_latents"].T)  # report -> volume
             ks = [k for k in self.retrieval_ks if k <= similarity.shape[1]] or [similarity.shape[1]]
@@ -292,16 +303,26 @@ class ZeroShotEvalWriter(ZeroShotCollector):
             return self.report
         data = self.arrays()
         atomic_write_bytes(self.output_dir / "zero_shot_metrics.json", json.dumps(self.report, indent=2).encode())
-        self._write_csv("zero_shot_per_pathology.csv", ["pathology", *next(iter(self.report["per_pathology"].values()))],
-                        [[name, *row.values()] for name, row in self.report["per_pathology"].items()])
+        self._write_csv(
+            "zero_shot_per_pathology.csv",
+            ["pathology", *next(iter(self.report["per_pathology"].values()))],
+            [[name, *row.values()] for name, row in self.report["per_pathology"].items()],
+        )
         ids = self.ids if len(self.ids) == len(data["pred"]) else [str(i) for i in range(len(data["pred"]))]
         header = ["id"] + [f"p_{n}" for n in self.class_names] + list(self.class_names)
         rows = [[i, *p, *map(int, t)] for i, p, t in zip(ids, data["pred"].tolist(), data["label"].tolist())]
         self._write_csv("zero_shot_predictions.csv", header, rows)
         self._plot_roc(data["label"], data["pred"])
         mean = self.report["mean"]
-        logger.info("zero-shot mean AUROC %.4f, accuracy %.4f, weighted F1 %.4f, positive F1 %.4f (%s) -> %s",
-                    mean["auroc"], mean["accuracy"], mean["weighted_f1"], mean["positive_f1"], self.report["protocol"], self.output_dir)
+        logger.info(
+            "zero-shot mean AUROC %.4f, accuracy %.4f, weighted F1 %.4f, positive F1 %.4f (%s) -> %s",
+            mean["auroc"],
+            mean["accuracy"],
+            mean["weighted_f1"],
+            mean["positive_f1"],
+            self.report["protocol"],
+            self.output_dir,
+        )
         return self.report
 
     def _write_csv(self, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -362,7 +383,7 @@ class ZeroShotJSONWriter:
         for source, probs in zip(out["id"], out["pred"].tolist()):
             name = Path(source).name
             for suffix in (".nii.gz", ".nii"):
-                name = name[: -len(suffix)] if name.endswith(suffix) else name
+                name = name.removesuffix(suffix)
             record = {
                 "source": source,
                 "prompts": self.templates,

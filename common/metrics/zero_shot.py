@@ -15,7 +15,7 @@ Differences from the official code, on purpose:
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,10 +27,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CT_RATE_PATHOLOGIES",
+    "bootstrap_confidence_intervals",
     "fit_thresholds",
     "threshold_metrics",
     "zero_shot_metrics",
-    "bootstrap_confidence_intervals",
     "zero_shot_report",
 ]
 
@@ -60,7 +60,7 @@ _THRESHOLD_GRID = np.linspace(0.0, 1.0, 100)
 
 
 def _as_2d(y_true, y_prob) -> tuple[np.ndarray, np.ndarray]:
-    to_np = lambda x: x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)  # noqa: E731
+    to_np = lambda x: x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
     y_true, y_prob = to_np(y_true), to_np(y_prob)
     if y_true.ndim == 1:
         y_true, y_prob = y_true[:, None], y_prob[:, None]
@@ -149,7 +149,7 @@ def zero_shot_metrics(y_true, y_prob, class_names: Sequence[str], thresholds=Non
             "weighted_f1": float(f1_score(t, pred, average="weighted", zero_division=0)),
             "positive_f1": float(f1_score(t, pred, average="binary", pos_label=1, zero_division=0)),
             "num_positive": int(t.sum()),
-            "num_cases": int(len(t)),
+            "num_cases": len(t),
         }
     keys = ("auroc", "accuracy", "weighted_f1", "positive_f1")
     mean = {k: float(np.nanmean([v[k] for v in per.values()])) for k in keys}
@@ -157,7 +157,13 @@ def zero_shot_metrics(y_true, y_prob, class_names: Sequence[str], thresholds=Non
 
 
 def bootstrap_confidence_intervals(
-    y_true, y_prob, thresholds, class_names: Sequence[str], num_samples: int = 1000, confidence: float = 0.95, seed: int = 0
+    y_true,
+    y_prob,
+    thresholds,
+    class_names: Sequence[str],
+    num_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict:
     """Percentile bootstrap CIs that resample the cases (rows) with replacement, thresholds held fixed.
 
@@ -183,7 +189,10 @@ def bootstrap_confidence_intervals(
     with np.errstate(all="ignore"):
         for metric, values in stats.items():
             for j, name in enumerate(class_names):
-                per[name][metric] = [float(np.nanpercentile(values[:, j], lo)), float(np.nanpercentile(values[:, j], hi))]
+                per[name][metric] = [
+                    float(np.nanpercentile(values[:, j], lo)),
+                    float(np.nanpercentile(values[:, j], hi)),
+                ]
             means = np.nanmean(values, axis=1)
             mean[metric] = [float(np.nanpercentile(means, lo)), float(np.nanpercentile(means, hi))]
     return {"per_pathology": per, "mean": mean, "num_samples": num_samples, "confidence": confidence}
@@ -209,5 +218,7 @@ def zero_shot_report(
     if protocol == "held_out_thresholds":
         report["same_set_protocol_mean"] = zero_shot_metrics(y_true, y_prob, class_names)["mean"]
     if num_bootstrap > 0:
-        report["bootstrap"] = bootstrap_confidence_intervals(y_true, y_prob, thresholds, class_names, num_bootstrap, seed=seed)
+        report["bootstrap"] = bootstrap_confidence_intervals(
+            y_true, y_prob, thresholds, class_names, num_bootstrap, seed=seed
+        )
     return report

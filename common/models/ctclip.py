@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from common.vision.ctvit import CTViT, FULL_CTVIT_CONFIG
+from common.vision.ctvit import FULL_CTVIT_CONFIG, CTViT
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CTCLIP", "CXR_BERT_CONFIG", "zero_shot_probabilities", "pair_logits"]
+__all__ = ["CTCLIP", "CXR_BERT_CONFIG", "pair_logits", "zero_shot_probabilities"]
 
 #: microsoft/BiomedVLP-CXR-BERT-specialized as a plain ``BertModel`` (CT-CLIP discards the CXR-BERT head).
 CXR_BERT_CONFIG: dict[str, Any] = {
@@ -77,7 +78,9 @@ class CTCLIP(nn.Module):
                 f"{visual_transformer.dim} = {h * w * visual_transformer.dim}"
             )
         if dim_text != text_transformer.config.hidden_size:
-            raise ValueError(f"dim_text={dim_text} does not match the BERT hidden_size={text_transformer.config.hidden_size}")
+            raise ValueError(
+                f"dim_text={dim_text} does not match the BERT hidden_size={text_transformer.config.hidden_size}"
+            )
         self.text_transformer = text_transformer
         self.visual_transformer = visual_transformer
         self.to_text_latent = nn.Linear(dim_text, dim_latent, bias=False)
@@ -98,7 +101,7 @@ class CTCLIP(nn.Module):
         drop_unused: bool = True,
         device: str | torch.device | None = None,
         bert_attn_implementation: str = "sdpa",
-    ) -> "CTCLIP":
+    ) -> CTCLIP:
         """Build CT-CLIP from configs, optionally loading the official checkpoint (or a local BERT folder).
 
         Args:
@@ -120,7 +123,9 @@ class CTCLIP(nn.Module):
         with torch.device(build_device) if build_device is not None else contextlib.nullcontext():
             visual = CTViT(**ctvit_kwargs)
             if text_model_path and not pretrained_path:
-                text = load_or_build_model(text_model_path, key="text_model_path", attn_implementation=bert_attn_implementation)
+                text = load_or_build_model(
+                    text_model_path, key="text_model_path", attn_implementation=bert_attn_implementation
+                )
             else:  # with a CT-CLIP checkpoint the BERT weights come from it; a folder only gives the config
                 if text_model_path:
                     config = BertConfig.from_pretrained(str(check_local_model_dir(text_model_path, "text_model_path")))
@@ -129,7 +134,9 @@ class CTCLIP(nn.Module):
                 config._attn_implementation = bert_attn_implementation
                 text = BertModel(config)
             h, w = visual.patch_height_width
-            model = cls(visual, text, dim_image=h * w * visual.dim, dim_text=text.config.hidden_size, dim_latent=dim_latent)
+            model = cls(
+                visual, text, dim_image=h * w * visual.dim, dim_text=text.config.hidden_size, dim_latent=dim_latent
+            )
         if pretrained_path:
             load_ctclip_checkpoint(model, pretrained_path, assign=True)
         if drop_unused:
@@ -193,7 +200,9 @@ class CTCLIP(nn.Module):
         if "prompt_input_ids" in batch:
             out["prompt_latents"] = self.encode_text(batch["prompt_input_ids"], batch.get("prompt_attention_mask"))
         if len(out) == 1:
-            raise ValueError(f"CTCLIP batch holds none of 'image', 'input_ids', 'prompt_input_ids'; keys: {sorted(batch)}")
+            raise ValueError(
+                f"CTCLIP batch holds none of 'image', 'input_ids', 'prompt_input_ids'; keys: {sorted(batch)}"
+            )
         return out
 
 
@@ -203,7 +212,9 @@ def pair_logits(image_latents: torch.Tensor, prompt_latents: torch.Tensor, logit
     Returns: (N, K, 2) logits ``logit_scale * cosine`` for ("X is present.", "X is not present.").
     """
     if prompt_latents.shape[0] % 2:
-        raise ValueError(f"prompt latents must come in (present, not present) pairs; got {prompt_latents.shape[0]} rows")
+        raise ValueError(
+            f"prompt latents must come in (present, not present) pairs; got {prompt_latents.shape[0]} rows"
+        )
     logits = logit_scale * image_latents @ prompt_latents.t()  # (N, 2K)
     return logits.reshape(image_latents.shape[0], -1, 2)
 
@@ -213,4 +224,3 @@ def zero_shot_probabilities(
 ) -> torch.Tensor:
     """CT-CLIP's zero-shot score: softmax over each (present, not present) pair; returns P(present) (N, K)."""
     return pair_logits(image_latents, prompt_latents, logit_scale).softmax(dim=-1)[..., 0]
-

@@ -22,7 +22,7 @@ from torch import nn
 
 from common.vision.ctvit_attention import ContinuousPositionBias, FactorizedTransformer
 
-__all__ = ["CTViT", "CosineSimCodebook", "VectorQuantizer", "Patchify", "Unpatchify", "FULL_CTVIT_CONFIG"]
+__all__ = ["FULL_CTVIT_CONFIG", "CTViT", "CosineSimCodebook", "Patchify", "Unpatchify", "VectorQuantizer"]
 
 #: The configuration every official CT-CLIP script builds (``scripts/run_zero_shot.py``).
 FULL_CTVIT_CONFIG: dict[str, int] = {
@@ -186,7 +186,13 @@ class CTViT(nn.Module):
             nn.Linear(tubelet_dim, dim),
             nn.LayerNorm(dim),
         )
-        kwargs = dict(dim=dim, dim_head=dim_head, heads=heads, attn_dropout=attn_dropout, ff_dropout=ff_dropout)
+        kwargs = {
+            "dim": dim,
+            "dim_head": dim_head,
+            "heads": heads,
+            "attn_dropout": attn_dropout,
+            "ff_dropout": ff_dropout,
+        }
         self.enc_spatial_transformer = FactorizedTransformer(depth=spatial_depth, **kwargs)
         self.enc_temporal_transformer = FactorizedTransformer(depth=temporal_depth, **kwargs)
         self.vq = VectorQuantizer(dim, codebook_size, ema_update=ema_update)

@@ -22,13 +22,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
-    "BiaslessLayerNorm",
     "GEGLU",
-    "feed_forward",
     "PEG",
-    "CosineSimAttention",
+    "BiaslessLayerNorm",
     "ContinuousPositionBias",
+    "CosineSimAttention",
     "FactorizedTransformer",
+    "feed_forward",
 ]
 
 

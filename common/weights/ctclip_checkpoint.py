@@ -11,18 +11,21 @@ missing or unexpected key, or a shape that differs, is an error that lists them 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_state_dict", "check_state_dict", "load_ctclip_checkpoint", "DROPPED_KEYS"]
+__all__ = ["DROPPED_KEYS", "check_state_dict", "load_ctclip_checkpoint", "read_state_dict"]
 
 #: Non-persistent buffers of current transformers that old CT-CLIP checkpoints still contain.
-DROPPED_KEYS: tuple[str, ...] = ("text_transformer.embeddings.position_ids", "text_transformer.embeddings.token_type_ids")
+DROPPED_KEYS: tuple[str, ...] = (
+    "text_transformer.embeddings.position_ids",
+    "text_transformer.embeddings.token_type_ids",
+)
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 
@@ -113,4 +116,6 @@ def _materialise_leftover_meta(model: nn.Module) -> None:
                 elif name == "token_type_ids":
                     module._buffers[name] = torch.zeros(buf.shape, dtype=buf.dtype)
                 else:
-                    raise ValueError(f"buffer {name} of {type(module).__name__} is still on the meta device after loading")
+                    raise ValueError(
+                        f"buffer {name} of {type(module).__name__} is still on the meta device after loading"
+                    )

@@ -15,9 +15,19 @@ CONFIGS = Path("bundles/ctclip_lora/configs")
 
 def _run(repo_root: Path, bundle_root: Path, configs: list[str], *overrides: str) -> subprocess.CompletedProcess:
     files = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle_root), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files,
+        "--bundle_root",
+        str(bundle_root),
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -32,7 +42,17 @@ def test_demo_trains_evaluates_and_infers(repo_root, tmp_path, request):
     assert (bundle / "models" / "adapters.safetensors").stat().st_size < 100_000
 
     # the same held-out test split, scored by the base model and by the LoRA-adapted model
-    _run(repo_root, bundle, ["train.json", "evaluate.json", "demo.json"], "--adapter_dir", "", "--output_dir", str(bundle / "eval_base"), "--num_bootstrap", "50")
+    _run(
+        repo_root,
+        bundle,
+        ["train.json", "evaluate.json", "demo.json"],
+        "--adapter_dir",
+        "",
+        "--output_dir",
+        str(bundle / "eval_base"),
+        "--num_bootstrap",
+        "50",
+    )
     _run(repo_root, bundle, ["train.json", "evaluate.json", "demo.json"], "--num_bootstrap", "50")
     base = json.loads((bundle / "eval_base" / "zero_shot_metrics.json").read_text())
     tuned = json.loads((bundle / "eval" / "zero_shot_metrics.json").read_text())
@@ -56,7 +76,17 @@ def test_demo_trains_evaluates_and_infers(repo_root, tmp_path, request):
         print("real CT sample data absent: inference runs on two demo volumes")
         inputs = [str(bundle / "demo_data" / "volumes" / f"synth_000{i}.nii.gz") for i in (0, 1)]
         stems = ("synth_0000", "synth_0001")
-    _run(repo_root, bundle, ["inference.json", "demo.json"], "--input_files", json.dumps(inputs), "--class_names", json.dumps(["Pleural effusion", "Pneumothorax"]), "--hu_metadata_csv", "")
+    _run(
+        repo_root,
+        bundle,
+        ["inference.json", "demo.json"],
+        "--input_files",
+        json.dumps(inputs),
+        "--class_names",
+        json.dumps(["Pleural effusion", "Pneumothorax"]),
+        "--hu_metadata_csv",
+        "",
+    )
     for stem in stems:
         record = json.loads((bundle / "eval" / "inference" / f"{stem}_zero_shot.json").read_text())
         assert set(record["probabilities"]) == {"Pleural effusion", "Pneumothorax"}
@@ -67,10 +97,32 @@ def test_demo_trains_evaluates_and_infers(repo_root, tmp_path, request):
 def test_evaluation_names_a_missing_label_column(repo_root, tmp_path):
     bundle = tmp_path / "ctclip_lora"
     files = "[" + ",".join(f"'{CONFIGS / c}'" for c in ["train.json", "evaluate.json", "demo.json"]) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle),
-           "--adapter_dir", "", "--demo_num_samples", "30",
-           "--class_names", json.dumps(["Lung nodule", "Pleural effusion"]), "--evaluate#rows",
-           "$common.data.manifest.load_manifest(@manifest, @dataset_dir, split='test', label_columns=['Lung nodule', 'Hiatal hernia'])"]
-    result = subprocess.run(cmd, cwd=repo_root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files,
+        "--bundle_root",
+        str(bundle),
+        "--adapter_dir",
+        "",
+        "--demo_num_samples",
+        "30",
+        "--class_names",
+        json.dumps(["Lung nodule", "Pleural effusion"]),
+        "--evaluate#rows",
+        "$common.data.manifest.load_manifest(@manifest, @dataset_dir, split='test', label_columns=['Lung nodule', 'Hiatal hernia'])",
+    ]
+    result = subprocess.run(
+        cmd,
+        cwd=repo_root,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode != 0
     assert "Hiatal hernia" in result.stderr and "missing" in result.stderr

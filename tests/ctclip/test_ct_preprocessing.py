@@ -34,7 +34,11 @@ def _write_nifti(path, array, spacing=(1.0, 1.0, 2.0)):
 def _official(array_hu, spacing, target=(0.75, 0.75, 1.5), size=(480, 480, 240)):
     """scripts/data_inference_nii.py of CT-CLIP, written out: interpolate, clip, /1000, crop/pad, permute."""
     t = torch.tensor(array_hu, dtype=torch.float32).permute(2, 0, 1)[None, None]  # (1, 1, z, x, y)
-    new = [int(t.shape[2] * spacing[2] / target[2]), int(t.shape[3] * spacing[0] / target[0]), int(t.shape[4] * spacing[1] / target[1])]
+    new = [
+        int(t.shape[2] * spacing[2] / target[2]),
+        int(t.shape[3] * spacing[0] / target[0]),
+        int(t.shape[4] * spacing[1] / target[1]),
+    ]
     t = F.interpolate(t, size=new, mode="trilinear", align_corners=False)[0, 0].permute(1, 2, 0)
     t = t.clamp(-1000, 1000) / 1000
     starts = [max((n - d) // 2, 0) for n, d in zip(t.shape, size)]
@@ -100,7 +104,9 @@ def test_missing_metadata_row_is_named(tmp_path):
     path = _write_nifti(tmp_path / "absent.nii.gz", np.zeros((4, 4, 4), np.float32))
     csv_path = tmp_path / "metadata.csv"
     csv_path.write_text("VolumeName,RescaleSlope,RescaleIntercept\nother.nii.gz,1,-1024\n")
-    _raises_named(ct_clip_transforms(metadata_csv=csv_path, spatial_size=(4, 4, 4)), {"image": str(path)}, "absent.nii.gz")
+    _raises_named(
+        ct_clip_transforms(metadata_csv=csv_path, spatial_size=(4, 4, 4)), {"image": str(path)}, "absent.nii.gz"
+    )
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("VolumeName,Slope\nx,1\n")
     with pytest.raises(ValueError, match="RescaleIntercept"):
@@ -130,10 +136,14 @@ def test_dicom_folder_with_two_series_is_refused(tmp_path, shared_data_dir):
         ds = pydicom.dcmread(str(file))
         ds.SeriesInstanceUID = "1.2.3.4.5"
         ds.save_as(str(file))
-    _raises_named(ct_clip_transforms(spatial_size=(8, 8, 8)), {"image": str(folder)}, "mixed.*holds 2 series.*1.2.3.4.5")
+    _raises_named(
+        ct_clip_transforms(spatial_size=(8, 8, 8)), {"image": str(folder)}, "mixed.*holds 2 series.*1.2.3.4.5"
+    )
 
 
 def test_dicom_series_loads(shared_data_dir):
-    volume = ct_clip_transforms(spatial_size=(64, 64, 32))({"image": str(shared_data_dir / "ct" / "totalseg_abdomen_dicom")})["image"]
+    volume = ct_clip_transforms(spatial_size=(64, 64, 32))(
+        {"image": str(shared_data_dir / "ct" / "totalseg_abdomen_dicom")}
+    )["image"]
     assert tuple(volume.shape) == (1, 32, 64, 64)
     assert volume.min() >= -1 and volume.max() <= 1

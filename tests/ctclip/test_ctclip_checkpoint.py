@@ -9,7 +9,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from common.models.ctclip import CTCLIP, CXR_BERT_CONFIG
-from common.vision.ctvit import CTViT, FULL_CTVIT_CONFIG
+from common.vision.ctvit import FULL_CTVIT_CONFIG, CTViT
 from common.weights.ctclip_checkpoint import load_ctclip_checkpoint, read_state_dict
 
 _DTYPES = {"float32": torch.float32, "int64": torch.int64}

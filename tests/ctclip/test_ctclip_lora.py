@@ -11,11 +11,15 @@ from transformers import BertConfig, BertModel
 from common.engines.ctclip_training import CTCLIPLoss, apply_ctclip_lora
 from common.models.ctclip import CTCLIP, CXR_BERT_CONFIG
 from common.peft.lora import load_lora_folder, lora_state_dict, parameter_summary, save_lora_folder
-from common.vision.ctvit import CTViT, FULL_CTVIT_CONFIG
+from common.vision.ctvit import FULL_CTVIT_CONFIG, CTViT
 
 
 def _batch(expected, volume):
-    return {"image": volume, "input_ids": expected["input.text_input_ids"], "attention_mask": expected["input.text_attention_mask"]}
+    return {
+        "image": volume,
+        "input_ids": expected["input.text_input_ids"],
+        "attention_mask": expected["input.text_attention_mask"],
+    }
 
 
 def test_paper_parameter_count_on_full_size_meta_model():
@@ -50,7 +54,9 @@ def test_one_step_changes_only_adapters(tiny_ctclip, expected, reference_volume)
         assert torch.equal(before[full], after[full])
 
 
-def test_adapters_reload_to_identical_outputs(tmp_path, tiny_ctclip, reference_dir, reference_config, expected, reference_volume):
+def test_adapters_reload_to_identical_outputs(
+    tmp_path, tiny_ctclip, reference_dir, reference_config, expected, reference_volume
+):
     model = apply_ctclip_lora(copy.deepcopy(tiny_ctclip), rank=4, alpha=8)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -65,8 +71,11 @@ def test_adapters_reload_to_identical_outputs(tmp_path, tiny_ctclip, reference_d
     size = sum(f.stat().st_size for f in (tmp_path / "adapters").iterdir())
     assert size < 200_000
     fresh = CTCLIP.from_config(
-        reference_config["ctvit_config"], reference_config["bert_config"], dim_latent=16,
-        pretrained_path=str(reference_dir / "ctclip_tiny.safetensors"), bert_attn_implementation="eager",
+        reference_config["ctvit_config"],
+        reference_config["bert_config"],
+        dim_latent=16,
+        pretrained_path=str(reference_dir / "ctclip_tiny.safetensors"),
+        bert_attn_implementation="eager",
     )
     reloaded = load_lora_folder(fresh, tmp_path / "adapters").eval()
     with torch.no_grad():

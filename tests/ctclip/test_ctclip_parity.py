@@ -7,7 +7,7 @@ import torch
 from common.losses.clip_loss import ClipLoss
 from common.models.ctclip import zero_shot_probabilities
 
-TOL = dict(rtol=1e-5, atol=1e-5)
+TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def test_latents_logits_and_loss_match(tiny_ctclip, expected, reference_volume):

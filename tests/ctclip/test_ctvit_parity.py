@@ -21,7 +21,9 @@ def test_intermediates_match_reference(reference_dir, reference_config, expected
     with torch.no_grad():
         patches = model.to_patch_emb(reference_volume)
         torch.testing.assert_close(patches, expected["ctvit.patch_emb"], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(model.spatial_rel_pos_bias(4, 4), expected["ctvit.spatial_rel_pos_bias"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.spatial_rel_pos_bias(4, 4), expected["ctvit.spatial_rel_pos_bias"], rtol=1e-5, atol=1e-5
+        )
         features = model.encode(patches)
         b, t, h, w, d = features.shape
         assert (t, h, w) == tuple(reference_config["token_grid_t_h_w"])
@@ -45,8 +47,12 @@ def test_official_train_mode_ema_is_reproduced_when_asked(reference_dir, referen
     with torch.no_grad():
         tokens = model(reference_volume)
     torch.testing.assert_close(tokens, expected["train_mode.encoded_tokens"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(model.vq._codebook.embed, expected["train_mode.codebook_embed_after"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(model.vq._codebook.cluster_size, expected["train_mode.cluster_size_after"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.vq._codebook.embed, expected["train_mode.codebook_embed_after"], rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        model.vq._codebook.cluster_size, expected["train_mode.cluster_size_after"], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_frozen_vq_keeps_codebook_and_passes_gradient(reference_dir, reference_config, reference_volume):

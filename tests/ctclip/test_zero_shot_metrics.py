@@ -59,7 +59,8 @@ def test_metrics_reflect_signal():
     good = zero_shot_metrics(y, p, ["a", "b", "c"])
     rng = np.random.default_rng(5)
     noise = zero_shot_metrics(y, rng.uniform(size=p.shape), ["a", "b", "c"])
-    assert good["mean"]["auroc"] > 0.8 > 0.65 > noise["mean"]["auroc"]
+    assert good["mean"]["auroc"] > 0.8
+    assert noise["mean"]["auroc"] < 0.65
     assert set(good["per_pathology"]["a"]) >= {"auroc", "threshold", "accuracy", "weighted_f1", "positive_f1"}
 
 
