@@ -93,7 +93,7 @@ class EmbeddingCache:
         else:
             payload = json.dumps({"space_key": self.space_key, "dtype": self.dtype.name, "identity": self.identity}, indent=2, default=str)
             _atomic_write_bytes(identity_file, lambda h: h.write(payload.encode()))
-        self._index: dict[str, tuple[int, int]] = {}
+        self._index: dict[str, int] = {}  # key -> shard_id << 32 | row
         self._shards: dict[int, np.ndarray] = {}
         self.dim: int | None = None
         self._load_index()
@@ -113,8 +113,7 @@ class EmbeddingCache:
                 continue
             self._shards[shard_id] = array
             self.dim = array.shape[1]
-            for row, key in enumerate(keys):
-                self._index[key] = (shard_id, row)
+            self._index.update(zip(keys, range(shard_id << 32, (shard_id << 32) + len(keys))))
         for stale in self.root.glob(".shard_*.tmp"):  # left by an interrupted write: never committed
             stale.unlink(missing_ok=True)
 
@@ -132,17 +131,16 @@ class EmbeddingCache:
         """Rows for ``keys`` as a float32 array (len(keys), D); a missing key is a KeyError naming it."""
         if self.dim is None:
             raise KeyError(f"cache space {self.root} is empty")
+        try:
+            packed = np.fromiter((self._index[k] for k in keys), dtype=np.int64, count=len(keys))
+        except KeyError as err:
+            raise KeyError(f"embedding {str(err.args[0])[:16]}... not in cache space {self.root}") from None
+        shard_ids, rows = packed >> 32, packed & 0xFFFFFFFF
         out = np.empty((len(keys), self.dim), dtype=np.float32)
-        by_shard: dict[int, list[tuple[int, int]]] = {}
-        for position, key in enumerate(keys):
-            if key not in self._index:
-                raise KeyError(f"embedding {key[:16]}... not in cache space {self.root}")
-            shard, row = self._index[key]
-            by_shard.setdefault(shard, []).append((position, row))
-        for shard, pairs in by_shard.items():
-            positions, rows = np.array([p for p, _ in pairs]), np.array([r for _, r in pairs])
-            order = np.argsort(rows)  # sequential reads from the memory map
-            out[positions[order]] = self._shards[shard][rows[order]]
+        for shard in np.unique(shard_ids):
+            positions = np.flatnonzero(shard_ids == shard)
+            positions = positions[np.argsort(rows[positions], kind="stable")]  # sequential reads from the map
+            out[positions] = self._shards[int(shard)][rows[positions]]
         return out
 
     # ---- writing -----------------------------------------------------------------------------------------------
@@ -165,5 +163,4 @@ class EmbeddingCache:
         _atomic_write_bytes(self.root / f"shard_{shard_id:06d}.keys.json", lambda h: h.write(payload))
         self._shards[shard_id] = np.load(array_file, mmap_mode="r")
         self.dim = embeddings.shape[1]
-        for row, key in enumerate(keys):
-            self._index[key] = (shard_id, row)
+        self._index.update(zip(keys, range(shard_id << 32, (shard_id << 32) + len(keys))))
