@@ -123,3 +123,30 @@ def place_soft_prompts(
         raise ValueError(f"each row needs {num_tokens} image positions in image_token_mask, got {counts.tolist()}")
     mask = image_token_mask.unsqueeze(-1).expand_as(text_embeds)
     return text_embeds.masked_scatter(mask, soft_prompts.to(text_embeds.dtype))
+
+
+def nearest_vocabulary_tokens(
+    soft_prompts: torch.Tensor, embedding_matrix: torch.Tensor, k: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vocabulary tokens whose input embeddings are closest (cosine) to each soft prompt token.
+
+    The interpretability probe of soft prompts (Lester et al., EMNLP 2021; analysed for report generation by Lu et al.):
+    soft prompts usually sit far from every word embedding, which the similarities show.
+
+    Args:
+        soft_prompts: ``(N, D)`` or ``(B, N, D)`` projected visual tokens.
+        embedding_matrix: ``(V, D)`` the LLM's input embedding weights.
+        k: how many nearest tokens per soft prompt.
+
+    Returns:
+        ``(token_ids, cosine_similarities)``, each shaped like ``soft_prompts`` without ``D``, plus a trailing ``k``.
+    """
+    if soft_prompts.shape[-1] != embedding_matrix.shape[-1]:
+        raise ValueError(
+            f"soft prompts have width {soft_prompts.shape[-1]} but the embedding matrix {embedding_matrix.shape[-1]}"
+        )
+    prompts = torch.nn.functional.normalize(soft_prompts.float(), dim=-1)
+    vocab = torch.nn.functional.normalize(embedding_matrix.float(), dim=-1)
+    similarity = prompts @ vocab.T
+    values, indices = similarity.topk(k, dim=-1)
+    return indices, values

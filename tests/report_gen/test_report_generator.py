@@ -9,7 +9,12 @@ import torch.nn.functional as F
 from common.data.report_tokenization import IGNORE_INDEX, ReportCollator
 from common.engines.report_gen_checkpoint import load_report_gen_checkpoint, save_report_gen_checkpoint
 from common.engines.report_gen_stages import configure_stage, trainable_parameter_names
-from common.peft.soft_visual_prompt import PromptTemplate, VisualProjector, place_soft_prompts
+from common.peft.soft_visual_prompt import (
+    PromptTemplate,
+    VisualProjector,
+    nearest_vocabulary_tokens,
+    place_soft_prompts,
+)
 
 from .conftest import REPORTS, tiny_generator
 
@@ -240,3 +245,13 @@ def test_checkpoint_refuses_other_base_models(word_tokenizer, tmp_path):
             load_report_gen_checkpoint(
                 tiny_generator(word_tokenizer), tmp_path / "ckpt", expected_record={**record, key: value}
             )
+
+
+def test_nearest_vocabulary_tokens_finds_the_embedding_a_prompt_copies():
+    vocab = torch.randn(50, 8)
+    prompts = torch.stack([vocab[7] * 3.0, vocab[42] + 1e-3])  # scaled / nudged copies of two word embeddings
+    ids, sims = nearest_vocabulary_tokens(prompts.unsqueeze(0), vocab, k=2)
+    assert ids.shape == (1, 2, 2) and ids[0, :, 0].tolist() == [7, 42]
+    assert torch.allclose(sims[0, :, 0], torch.ones(2), atol=1e-4)
+    with pytest.raises(ValueError, match="width 8 but the embedding matrix 4"):
+        nearest_vocabulary_tokens(prompts, torch.randn(5, 4))
