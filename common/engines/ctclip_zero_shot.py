@@ -53,6 +53,7 @@ __all__ = [
     "atomic_write_bytes",
     "check_input_files",
     "check_pathology_names",
+    "gather_rows",
 ]
 
 
@@ -97,6 +98,17 @@ def check_input_files(paths: Sequence[str]) -> list[str]:
     if missing:
         raise FileNotFoundError(f"input_files not found: {missing}")
     return [str(p) for p in paths]
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a (N_rank, ...) tensor from every rank; ranks may hold different N (uneven validation shards)."""
+    if idist.get_world_size() <= 1:
+        return tensor
+    sizes = idist.all_gather(torch.tensor([tensor.shape[0]])).tolist()
+    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype)
+    padded[: tensor.shape[0]] = tensor
+    chunks = idist.all_gather(padded).reshape(len(sizes), max(sizes), *tensor.shape[1:])
+    return torch.cat([chunk[:n] for chunk, n in zip(chunks, sizes)])
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -198,9 +210,7 @@ class MeanZeroShotAUROC(Metric):
         self._labels.append(label.detach().float().cpu())
 
     def compute(self) -> float:
-        preds, labels = torch.cat(self._preds), torch.cat(self._labels)
-        if idist.get_world_size() > 1:
-            preds, labels = idist.all_gather(preds), idist.all_gather(labels)
+        preds, labels = gather_rows(torch.cat(self._preds)), gather_rows(torch.cat(self._labels))
         aucs = [safe_roc_auc(labels[:, k].numpy(), preds[:, k].numpy()) for k in range(preds.shape[1])]
         valid = [a for a in aucs if not math.isnan(a)]
         return float(np.mean(valid)) if valid else float("nan")
@@ -232,10 +242,7 @@ class ZeroShotCollector:
         out = {}
         for key, parts in self.parts.items():
             if parts:
-                value = torch.cat(parts)
-                if idist.get_world_size() > 1:
-                    value = idist.all_gather(value)
-                out[key] = value.numpy()
+                out[key] = gather_rows(torch.cat(parts)).numpy()
         return out
 
 

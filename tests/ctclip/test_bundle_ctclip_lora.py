@@ -126,3 +126,37 @@ def test_evaluation_names_a_missing_label_column(repo_root, tmp_path):
     )
     assert result.returncode != 0
     assert "Hiatal hernia" in result.stderr and "missing" in result.stderr
+
+
+@pytest.mark.slow
+def test_multi_gpu_overlay_runs_with_two_gloo_processes(repo_root, tmp_path):
+    from common.data.synthetic_ct import DEMO_PATHOLOGIES, make_synthetic_ct_dataset
+
+    bundle = tmp_path / "ctclip_lora"
+    # generate the demo data once, so the two ranks do not write the same files at the same time
+    make_synthetic_ct_dataset(
+        bundle / "demo_data", num_samples=60, class_names=DEMO_PATHOLOGIES, shape=(32, 32, 24), seed=0
+    )
+    files = "[" + ",".join(f"'{CONFIGS / c}'" for c in ["train.json", "demo.json", "multi_gpu_train.json"]) + "]"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files,
+        "--bundle_root",
+        str(bundle),
+        "--demo_num_samples",
+        "60",
+        "--num_epochs",
+        "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (bundle / "models" / "adapters" / "adapter_config.json").is_file()
+    assert result.stdout.count("trainable params") == 2  # one summary per rank

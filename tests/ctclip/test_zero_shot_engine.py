@@ -44,7 +44,9 @@ def test_once_encoded_scores_equal_official_loop(tiny_ctclip, reference_volume):
         official = torch.zeros(2, len(NAMES))
         for i in range(2):
             for k, name in enumerate(NAMES):
-                text = tokenizer([f"{name} is present.", f"{name} is not present."], padding="max_length", max_length=64)
+                text = tokenizer(
+                    [f"{name} is present.", f"{name} is not present."], padding="max_length", max_length=64
+                )
                 t = tiny_ctclip.encode_text(text["input_ids"], text["attention_mask"])
                 v = tiny_ctclip.encode_volume(reference_volume[i : i + 1])
                 official[i, k] = (tiny_ctclip.logit_scale() * (t * v).sum(-1)).softmax(0)[0]
@@ -80,7 +82,9 @@ def _writer(tmp_path, seed=0):
     writer = ZeroShotEvalWriter(tmp_path, NAMES, num_bootstrap=20, retrieval_ks=(1, 5))
     labels = rng.integers(0, 2, size=(30, 3)).astype(np.float32)
     writer.parts["label"] = [torch.from_numpy(labels)]
-    writer.parts["pred"] = [torch.from_numpy(np.clip(0.5 * labels + rng.uniform(0, 0.5, size=labels.shape), 0, 1).astype(np.float32))]
+    writer.parts["pred"] = [
+        torch.from_numpy(np.clip(0.5 * labels + rng.uniform(0, 0.5, size=labels.shape), 0, 1).astype(np.float32))
+    ]
     writer.parts["image_latents"] = [torch.randn(30, 8)]
     writer.parts["text_latents"] = [torch.randn(30, 8)]
     return writer
@@ -89,8 +93,15 @@ def _writer(tmp_path, seed=0):
 def test_writer_outputs_and_interruption_leaves_previous_files(tmp_path, monkeypatch):
     report = _writer(tmp_path).write()
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["roc_curves.png", "zero_shot_metrics.json", "zero_shot_per_pathology.csv", "zero_shot_predictions.csv"]
-    assert json.loads((tmp_path / "zero_shot_metrics.json").read_text())["mean"]["auroc"] == report["mean"]["auroc"] > 0.7
+    assert files == [
+        "roc_curves.png",
+        "zero_shot_metrics.json",
+        "zero_shot_per_pathology.csv",
+        "zero_shot_predictions.csv",
+    ]
+    assert (
+        json.loads((tmp_path / "zero_shot_metrics.json").read_text())["mean"]["auroc"] == report["mean"]["auroc"] > 0.7
+    )
     assert "R@5" in report["report_to_volume_retrieval"]
     before = (tmp_path / "zero_shot_metrics.json").read_bytes()
 
