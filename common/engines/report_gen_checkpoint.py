@@ -158,27 +158,83 @@ def load_report_gen_checkpoint(
 
 
 class ReportGenCheckpointSaver:
-    """Ignite handler: save the trained weights to ``save_dir`` every ``save_interval`` epochs and at the end.
+    """Ignite handler: save the trained weights to ``save_dir`` every ``save_interval`` epochs and at the end; with
+    an ``evaluator``, also keep the best epoch by its ``key_metric`` in ``best_dir``.
 
-    Only rank 0 writes (the trainer's handlers run on every rank under DDP).
+    R2GenGPT keeps the checkpoint with the best validation score rather than the last one; ``best_dir`` does that
+    (attach this handler after the ``ValidationHandler``, so the evaluator has scored the epoch). Only rank 0 writes.
+
+    Args:
+        save_dir: folder of the latest checkpoint.
+        network: the report generator (or DDP around it).
+        save_interval: save every this many epochs.
+        record: base-model record written with the weights.
+        evaluator: the validation engine whose ``state.metrics`` holds ``key_metric``.
+        key_metric: metric to maximise (the generation writer puts ``BLEU-4``, ``CIDEr``, ... there).
+        best_dir: folder of the best checkpoint (default ``<save_dir>_best``).
     """
 
     def __init__(
-        self, save_dir: str | Path, network: ReportGenerator, save_interval: int = 1, record: dict | None = None
+        self,
+        save_dir: str | Path,
+        network: ReportGenerator,
+        save_interval: int = 1,
+        record: dict | None = None,
+        evaluator: Engine | None = None,
+        key_metric: str = "BLEU-4",
+        best_dir: str | Path | None = None,
     ):
         self.save_dir = Path(save_dir)
         self.network = network
         self.save_interval = max(int(save_interval), 1)
         self.record = record or {}
+        self.evaluator = evaluator
+        self.key_metric = key_metric
+        self.best_dir = Path(best_dir) if best_dir else self.save_dir.with_name(self.save_dir.name + "_best")
+        self.best_value = float("-inf")
+        self._fresh_scores = False
+        self._saved_epoch = -1
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self)
         engine.add_event_handler(Events.COMPLETED, self)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.COMPLETED, self._mark_scored)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.save_if_best)
+
+    def _mark_scored(self, evaluator: Engine) -> None:
+        self._fresh_scores = True
 
     def __call__(self, engine: Engine) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if _is_secondary_rank() or self._saved_epoch == engine.state.epoch:  # COMPLETED after a saved last epoch
             return
+        self._saved_epoch = engine.state.epoch
         save_report_gen_checkpoint(self.network, self.save_dir, {**self.record, "epoch": engine.state.epoch})
         logger.info("saved report generator checkpoint to %s (epoch %d)", self.save_dir, engine.state.epoch)
+
+    def save_if_best(self, engine: Engine) -> None:
+        """Save to ``best_dir`` when the evaluator has just scored this epoch better than any before."""
+        if not self._fresh_scores or _is_secondary_rank():  # the evaluator did not run after this epoch
+            return
+        self._fresh_scores = False
+        value = self.evaluator.state.metrics.get(self.key_metric)
+        if value is None:
+            logger.warning(
+                "no %r among the validation metrics %s; best checkpoint not updated",
+                self.key_metric,
+                sorted(self.evaluator.state.metrics),
+            )
+            return
+        if value > self.best_value:
+            self.best_value = float(value)
+            record = {**self.record, "epoch": engine.state.epoch, self.key_metric: self.best_value}
+            save_report_gen_checkpoint(self.network, self.best_dir, record)
+            logger.info(
+                "new best %s %.4f at epoch %d: saved to %s", self.key_metric, value, engine.state.epoch, self.best_dir
+            )
+
+
+def _is_secondary_rank() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0

@@ -83,6 +83,8 @@ def test_checkpoints_hold_only_projector_and_lora(trained_demo):
     with safe_open(str(stage2 / "projector.safetensors"), "pt") as f:
         assert sorted(f.keys()) == ["norm.bias", "norm.weight", "proj.bias", "proj.weight"]
     assert json.loads((stage2 / "llm_lora" / "adapter_config.json").read_text())["r"] == 8
+    best = json.loads((trained_demo / "models" / "stage2_best" / "base_models.json").read_text())
+    assert best["epoch"] == 16 and best["BLEU-4"] > 0.1  # the one validation of the demo, at its last epoch
 
 
 @pytest.mark.slow

@@ -255,3 +255,34 @@ def test_nearest_vocabulary_tokens_finds_the_embedding_a_prompt_copies():
     assert torch.allclose(sims[0, :, 0], torch.ones(2), atol=1e-4)
     with pytest.raises(ValueError, match="width 8 but the embedding matrix 4"):
         nearest_vocabulary_tokens(prompts, torch.randn(5, 4))
+
+
+def test_checkpoint_saver_keeps_the_best_validated_epoch(word_tokenizer, tmp_path):
+    from ignite.engine import Engine, Events
+
+    from common.engines.report_gen_checkpoint import ReportGenCheckpointSaver
+
+    model = configure_stage(tiny_generator(word_tokenizer), stage=1)
+    scores = iter([0.1, 0.3, 0.2])
+    evaluator = Engine(lambda engine, batch: None)
+
+    @evaluator.on(Events.COMPLETED)
+    def _score(engine):
+        engine.state.metrics["BLEU-4"] = next(scores)
+
+    def step(engine, batch):
+        with torch.no_grad():
+            model.projector.norm.bias.fill_(float(engine.state.epoch))  # marks which epoch a checkpoint holds
+
+    trainer = Engine(step)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: evaluator.run([0]))
+    ReportGenCheckpointSaver(tmp_path / "stage1", model, evaluator=evaluator).attach(trainer)
+    trainer.run([0], max_epochs=3)
+
+    def epoch_of(folder):
+        fresh = tiny_generator(word_tokenizer)
+        load_report_gen_checkpoint(fresh, folder)
+        return int(fresh.projector.norm.bias[0])
+
+    assert epoch_of(tmp_path / "stage1") == 3  # the latest
+    assert epoch_of(tmp_path / "stage1_best") == 2  # the best BLEU-4 (0.3)
