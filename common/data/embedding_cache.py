@@ -127,8 +127,11 @@ class EmbeddingCache:
         """The keys not yet in the cache, in order, without duplicates."""
         return [k for k in dict.fromkeys(keys) if k not in self._index]
 
-    def get(self, keys: Sequence[str]) -> np.ndarray:
-        """Rows for ``keys`` as a float32 array (len(keys), D); a missing key is a KeyError naming it."""
+    def get(self, keys: Sequence[str], dtype: str | np.dtype | None = "float32") -> np.ndarray:
+        """Rows for ``keys`` as an array (len(keys), D); a missing key is a KeyError naming it.
+
+        ``dtype`` is the output type (float32 by default; None keeps the storage dtype, half the memory).
+        """
         if self.dim is None:
             raise KeyError(f"cache space {self.root} is empty")
         try:
@@ -136,7 +139,7 @@ class EmbeddingCache:
         except KeyError as err:
             raise KeyError(f"embedding {str(err.args[0])[:16]}... not in cache space {self.root}") from None
         shard_ids, rows = packed >> 32, packed & 0xFFFFFFFF
-        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        out = np.empty((len(keys), self.dim), dtype=self.dtype if dtype is None else np.dtype(dtype))
         for shard in np.unique(shard_ids):
             positions = np.flatnonzero(shard_ids == shard)
             positions = positions[np.argsort(rows[positions], kind="stable")]  # sequential reads from the map
