@@ -62,9 +62,13 @@ def gather_features(features: torch.Tensor, with_grad: bool = True) -> tuple[tor
         return features, 0
     rank = torch.distributed.get_rank()
     if with_grad:
+        import warnings
+
         import torch.distributed.nn.functional as dist_fn
 
-        gathered = list(dist_fn.all_gather(features))
+        with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
+            warnings.simplefilter("ignore", FutureWarning)
+            gathered = list(dist_fn.all_gather(features))
     else:
         gathered = [torch.zeros_like(features) for _ in range(torch.distributed.get_world_size())]
         torch.distributed.all_gather(gathered, features)
