@@ -1,13 +1,5 @@
 """prepare_batch callables, Ignite handlers, extraction, evaluation and inference drivers."""
 
+from .._lazy import lazy_submodules
 
-def __getattr__(name: str):
-    """Import submodules on first attribute access, so configs can write ``common.engines.<module>.<name>``."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name == f"{__name__}.{name}":
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-        raise
+__getattr__ = lazy_submodules(__name__)
