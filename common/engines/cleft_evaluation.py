@@ -36,7 +36,21 @@ __all__ = [
     "run_linear_probe",
     "ClassProbabilityWriter",
     "logits_and_label",
+    "list_images",
 ]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+
+
+def list_images(input_dir: str | Path) -> list[str]:
+    """Sorted radiograph files (PNG/JPG/DICOM) in ``input_dir``; none is an error naming the folder."""
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input_dir={str(folder)!r} is not a folder")
+    files = sorted(str(f) for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"input_dir={str(folder)!r} holds no PNG/JPG/DICOM images")
+    return files
 
 
 def _is_writer() -> bool:
@@ -84,8 +98,8 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
 class ClassificationEvaluation(Metric):
     """Ignite metric over an epoch of class probabilities: accuracy, macro AUROC, macro F1; writes eval files.
 
-    ``compute`` returns flat scalars ``{name}_accuracy``, ``{name}_auroc``, ``{name}_f1`` (each lands in
-    ``engine.state.metrics``); the full report (per-class AUROC, confusion matrix, counts) goes to
+    ``compute`` returns the accuracy (a scalar, so it can be MONAI's key metric); ``{name}_auroc`` and
+    ``{name}_f1`` are added to ``engine.state.metrics`` next to it; the full report (per-class AUROC, confusion matrix, counts) goes to
     ``output_dir/{name}_metrics.json`` with a confusion-matrix PNG, when ``output_dir`` is set.
 
     Args:
@@ -112,6 +126,7 @@ class ClassificationEvaluation(Metric):
     def reset(self) -> None:
         self._probs: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
+        self.last_report: dict[str, Any] = {}
 
     @reinit__is_reduced
     def update(self, output) -> None:
@@ -140,7 +155,13 @@ class ClassificationEvaluation(Metric):
             )
         logger.info("%s: accuracy %.4f, AUROC %.4f, F1 %.4f (n=%d)", self.name, report["accuracy"], report["auroc"],
                     report["f1"], len(labels))
-        return {f"{self.name}_{k}": float(report[k]) for k in ("accuracy", "auroc", "f1")}
+        self.last_report = report
+        return float(report["accuracy"])
+
+    def completed(self, engine: Engine, name: str) -> None:
+        super().completed(engine, name)
+        for key in ("auroc", "f1"):
+            engine.state.metrics[f"{name}_{key}"] = float(self.last_report[key])
 
 
 @torch.no_grad()

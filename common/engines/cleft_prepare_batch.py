@@ -56,6 +56,7 @@ class CLEFTPrepareBatch:
         caption_template: with one ``{}`` for the class names.
         report_key, image_key: batch keys.
         require_single_label: targets are class indices; a row with no positive class is an error naming it.
+        report_sections: report sections kept as the caption (e.g. ``["findings", "impression"]``); None keeps all.
     """
 
     def __init__(
@@ -67,10 +68,11 @@ class CLEFTPrepareBatch:
         report_key: str = "report",
         image_key: str = "image",
         require_single_label: bool = True,
+        report_sections: Sequence[str] | None = None,
     ) -> None:
         if caption_source not in CAPTION_SOURCES:
             raise ValueError(f"caption_source must be one of {CAPTION_SOURCES}, got {caption_source!r}")
-        if caption_source == "labels" and not class_names:
+        if text_encoder is not None and caption_source == "labels" and not class_names:
             raise ValueError("caption_source='labels' needs class_names")
         self.text_encoder = text_encoder
         self.class_names = list(class_names or [])
@@ -79,6 +81,7 @@ class CLEFTPrepareBatch:
         self.report_key = report_key
         self.image_key = image_key
         self.require_single_label = require_single_label
+        self.report_sections = list(report_sections) if report_sections else None
 
     def targets(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
         """Class indices ``(B,)`` (the first positive class, as the official code) or None without class names."""
@@ -96,7 +99,7 @@ class CLEFTPrepareBatch:
         if self.caption_source == "report":
             if self.report_key not in batch:
                 raise ValueError(f"caption_source='report' but the batch has no '{self.report_key}' field")
-            return [clean_report(str(text)) for text in batch[self.report_key]]
+            return [clean_report(str(text), sections=self.report_sections) for text in batch[self.report_key]]
         return captions_from_labels(label_matrix(batch, self.class_names), self.class_names, self.caption_template)
 
     def __call__(

@@ -104,6 +104,8 @@ class CLEFTClassifier(nn.Module):
             also trains the ViT, image projection and scale in stage 2; the paper's description freezes them.
         freeze_clip: freeze the dual encoder (except ``trainable``); default: when a context is given (stage 2).
             The zero-shot validator of stage 1 wraps the network under training and must not freeze it.
+        lowercase: lower-case the class names, as the official code lower-cases captions and prompts (the
+            training captions from labels are lower-cased too, so "Edema" and "edema" tokenize alike).
     """
 
     TRAINABLE_PARTS = ("image_encoder", "image_projection", "logit_scale")
@@ -116,6 +118,7 @@ class CLEFTClassifier(nn.Module):
         context: ContextPrompt | None = None,
         trainable: Sequence[str] = (),
         freeze_clip: bool | None = None,
+        lowercase: bool = True,
     ) -> None:
         super().__init__()
         if not class_names or len(set(class_names)) != len(class_names):
@@ -129,12 +132,15 @@ class CLEFTClassifier(nn.Module):
         self.class_names = list(class_names)
         self.template = template
         self.context = context
+        self.lowercase = lowercase
+        self.frozen_parts: list[str] = []
         if freeze_clip is None:
             freeze_clip = context is not None
         if freeze_clip:
             self.clip.requires_grad_(False)
             for part in trainable:
                 getattr(self.clip, part).requires_grad_(True)
+            self.frozen_parts = [n for n in ("image_encoder", "text_encoder") if n not in trainable]
         elif trainable:
             raise ValueError(f"stage2_trainable={list(trainable)} needs freeze_clip=True (everything else frozen)")
         if context is not None and context.context.shape[1] != clip.text_encoder.hidden_size:
@@ -144,11 +150,19 @@ class CLEFTClassifier(nn.Module):
         if freeze_clip:
             logger.info("CLEFT classifier trainable parameters: %s", parameter_summary(self))
 
+    def train(self, mode: bool = True) -> CLEFTClassifier:
+        """Frozen encoders stay in eval mode (no LoRA/attention dropout noise on what does not train)."""
+        super().train(mode)
+        for name in self.frozen_parts:
+            getattr(self.clip, name).eval()
+        return self
+
     def class_prompts(self) -> list[str]:
         """The K texts fed to the LM (after the context, if any)."""
+        names = [name.lower() for name in self.class_names] if self.lowercase else self.class_names
         if self.context is None:
-            return [self.template.format(name) for name in self.class_names]
-        return [" " + name for name in self.class_names]  # leading space: the word's in-sentence BPE form
+            return [self.template.format(name) for name in names]
+        return [" " + name for name in names]  # leading space: the word's in-sentence BPE form
 
     def class_features(self, device: torch.device | None = None) -> torch.Tensor:
         """L2-normalised class embeddings ``(K, embed_dim)``."""
