@@ -118,7 +118,7 @@ def test_reloaded_checkpoint_generates_what_the_trained_model_generated(repo_roo
 
 
 @pytest.mark.slow
-def test_multi_gpu_config_runs_with_two_cpu_processes(repo_root, trained_demo):
+def test_multi_gpu_configs_run_with_two_cpu_processes(repo_root, trained_demo):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29637", "-m"]
     _run(
         repo_root,
@@ -135,6 +135,12 @@ def test_multi_gpu_config_runs_with_two_cpu_processes(repo_root, trained_demo):
     assert (trained_demo / "models" / "ddp" / "projector.safetensors").is_file()
     metrics = _metrics(trained_demo / "eval" / "val_generated_stage1_metrics.json")
     assert metrics["num_reports"] == 32  # both ranks' halves gathered
+    # two-process evaluation of the stage-2 checkpoint gives the single-process reports
+    _run(repo_root, ["train.json", "evaluate.json", "multi_gpu_evaluate.json", "demo.json"], trained_demo,
+         "--eval_name", "ddp", module=torchrun)  # fmt: skip
+    two_ranks = {r["id"]: r["generated"] for r in _records(trained_demo / "eval" / "test_generated_ddp.jsonl")}
+    one_rank = {r["id"]: r["generated"] for r in _records(trained_demo / "eval" / "test_generated_stage2.jsonl")}
+    assert two_ranks == one_rank
 
 
 def test_metadata_verifies(repo_root):
