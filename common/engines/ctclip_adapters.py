@@ -76,6 +76,23 @@ def load_adapters(model: torch.nn.Module, adapter_dir: str | Path = "") -> torch
     return load_lora_folder(model, folder, is_trainable=False)
 
 
+def export_merged(model: PeftModel, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Merge the LoRA updates into the base weights and write a plain CT-CLIP state dict (safetensors).
+
+    The result has the key layout of :class:`~common.models.ctclip.CTCLIP` (without the dropped unused copies),
+    so it loads with ``load_ctclip_checkpoint`` into a model built with ``keep_unused=False`` — no PEFT needed
+    at deployment. ``model`` itself is left unmerged.
+    """
+    import copy
+
+    model = _unwrap(model)
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"expected a PEFT model with LoRA adapters, got {type(model).__name__}")
+    merged = copy.deepcopy(model).merge_and_unload()
+    state = {k: v for k, v in merged.state_dict().items() if not k.endswith(("position_ids", "token_type_ids"))}
+    return save_safetensors(state, path, {**dict(metadata or {}), "merged_lora": "true"})
+
+
 class BestAdapterSaver:
     """Ignite handler: save the adapters when the evaluator's key metric improves (rank 0 only).
 

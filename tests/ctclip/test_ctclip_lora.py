@@ -88,3 +88,37 @@ def test_adapters_reload_to_identical_outputs(
 def test_unknown_target_is_named(tiny_ctclip):
     with pytest.raises(ValueError, match="lora_targets_vision"):
         apply_ctclip_lora(tiny_ctclip, targets_vision=["to_qkv"])
+
+
+def test_merged_export_reproduces_adapted_outputs(tmp_path, tiny_ctclip, reference_config, expected, reference_volume):
+    from common.engines.ctclip_adapters import export_merged
+    from common.weights.ctclip_checkpoint import load_ctclip_checkpoint
+
+    model = apply_ctclip_lora(copy.deepcopy(tiny_ctclip), rank=4, alpha=8).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+        adapted = model(_batch(expected, reference_volume))
+    path = export_merged(model, tmp_path / "merged.safetensors")
+    plain = CTCLIP.from_config(
+        reference_config["ctvit_config"],
+        reference_config["bert_config"],
+        dim_latent=16,
+        bert_attn_implementation="eager",
+    )
+    load_ctclip_checkpoint(plain, path)
+    with torch.no_grad():
+        merged = plain.eval()(_batch(expected, reference_volume))
+    torch.testing.assert_close(merged["text_latents"], adapted["text_latents"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(merged["image_latents"], adapted["image_latents"], rtol=1e-5, atol=1e-5)
+
+
+def test_text_encoder_from_a_local_folder(tmp_path, reference_config):
+    bert = BertModel(BertConfig(**reference_config["bert_config"]))
+    bert.save_pretrained(tmp_path / "bert")
+    model = CTCLIP.from_config(reference_config["ctvit_config"], text_model_path=str(tmp_path / "bert"), dim_latent=16)
+    for name, value in bert.state_dict().items():
+        assert torch.equal(model.text_transformer.state_dict()[name], value)
+    with pytest.raises(FileNotFoundError, match="text_model_path"):
+        CTCLIP.from_config(reference_config["ctvit_config"], text_model_path=str(tmp_path / "absent"), dim_latent=16)
