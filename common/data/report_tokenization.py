@@ -118,7 +118,11 @@ class ReportCollator:
         if not items:
             raise ValueError("cannot collate an empty batch")
         ids_list = [str(item.get(self.id_key, i)) for i, item in enumerate(items)]
-        reports = [self._report_text(item, i) for i, item in enumerate(items)] if self.report_key in items[0] else []
+        has_reports = all(self.report_key in item for item in items)
+        if self.with_targets and not has_reports:
+            missing = [ids_list[i] for i, item in enumerate(items) if self.report_key not in item]
+            raise ValueError(f"training items {missing} have no {self.report_key!r} field: a report is the target")
+        reports = [self._report_text(item, i) for i, item in enumerate(items)] if has_reports else []
         prompt_ids, prompt_mask = self.template.prompt_ids()
         rows, masks, labels = [], [], []
         for i, item_id in enumerate(ids_list):
@@ -142,7 +146,13 @@ class ReportCollator:
             image_token_mask[b, : len(row)] = torch.tensor(masks[b])
             if self.with_targets:
                 label_tensor[b, : len(row)] = torch.tensor(labels[b])
+        missing_images = [ids_list[i] for i, item in enumerate(items) if self.image_key not in item]
+        if missing_images:
+            raise ValueError(f"items {missing_images} have no {self.image_key!r} field")
         images = [torch.as_tensor(item[self.image_key]) for item in items]
+        shapes = {tuple(img.shape) for img in images}
+        if len(shapes) > 1:
+            raise ValueError(f"images of one batch differ in shape {sorted(shapes)}: resize them in the transforms")
         batch: dict[str, Any] = {
             self.image_key: torch.stack([img.as_subclass(torch.Tensor) for img in images]),
             "input_ids": input_ids,

@@ -286,3 +286,13 @@ def test_checkpoint_saver_keeps_the_best_validated_epoch(word_tokenizer, tmp_pat
 
     assert epoch_of(tmp_path / "stage1") == 3  # the latest
     assert epoch_of(tmp_path / "stage1_best") == 2  # the best BLEU-4 (0.3)
+
+
+def test_collate_names_items_without_report_or_with_mismatched_images(word_tokenizer, template, items):
+    del items[1]["report"]
+    with pytest.raises(ValueError, match=r"\['study1'\] have no 'report' field"):
+        ReportCollator(word_tokenizer, template)(items)
+    items[1]["report"] = "no effusion ."
+    items[3]["image"] = torch.rand(1, 8, 8)
+    with pytest.raises(ValueError, match="differ in shape"):
+        ReportCollator(word_tokenizer, template)(items)
