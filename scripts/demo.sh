@@ -26,9 +26,23 @@ case "$name" in
         run inference
         echo "==> results: $root/eval/metrics.json, $root/eval/downstream.png; projections: $root/eval/inference/"
         ;;
+    ctclip_lora)
+        run train
+        run train evaluate
+        ;;
+    cleft_cxr)
+        run train                  # stage 1: contrastive pretraining
+        run train evaluate         # zero-shot + linear probe
+        run train prompt_tuning    # stage 2: context-prompt fine-tuning
+        ;;
+    report_gen)
+        run train                  # stage 1: projector
+        run train train_stage2     # stage 2: projector + LoRA
+        run train evaluate         # generation and NLG metrics on the test split
+        ;;
     *)
         run train
         run train evaluate
-        echo "==> results in $root/eval/"
         ;;
 esac
+echo "==> done: metrics and plots in $root/eval/"
