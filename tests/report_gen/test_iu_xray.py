@@ -61,3 +61,22 @@ def test_bad_xml_names_the_file(tmp_path):
         read_iu_xray_reports(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="unknown IU X-ray section"):
         iu_xray_manifest_rows([], sections=["history"])
+
+
+def test_real_reports_flow_through_cleaning_and_collate(iu_dir, tmp_path):
+    import torch
+
+    from common.data.report_tokenization import build_word_level_tokenizer
+    from common.engines.report_gen_data import load_report_rows, make_collators
+
+    rows = iu_xray_manifest_rows(read_iu_xray_reports(iu_dir / "ecgen-radiology"), placeholder=None)
+    loaded = load_report_rows(write_manifest(rows, tmp_path / "iu.csv"), tmp_path, check_files=False, placeholder=None)
+    assert all(r["report"] == r["report"].lower() for r in loaded)
+    tokenizer = build_word_level_tokenizer([r["report"] for r in loaded] + ["findings :"])
+    collate, _ = make_collators(tokenizer, "<image> findings :", 4, max_report_tokens=30)
+    batch = collate([{**r, "image": torch.zeros(1, 8, 8)} for r in loaded])
+    lengths = [len(tokenizer(r["report"], add_special_tokens=False)["input_ids"]) for r in loaded]
+    assert collate.num_truncated == sum(n > 30 for n in lengths) > 0
+    assert int((batch["labels"] != -100).sum(dim=1).max()) == 31  # 30 report tokens + EOS
+    assert batch["report"] == [r["report"] for r in loaded]  # references stay whole
+    assert "xxxx" in " ".join(batch["report"])  # placeholders kept when asked (placeholder=None)
