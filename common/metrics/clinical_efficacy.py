@@ -4,11 +4,14 @@ They need large pretrained models (CheXbert ``chexbert.pth``, 1.3 GB; RadGraph, 
 ``f1chexbert`` and ``radgraph`` would download from the Hugging Face Hub on first use. Nothing is downloaded here:
 each metric runs only when its weights are given by a local path and its package is installed, and otherwise is
 reported as skipped with the reason, so an evaluation without them still completes and says what it left out.
+The packages' constructors differ between versions; the argument that takes a local path is looked up, and a version
+without one is skipped rather than allowed to download. (Not run here: neither package nor weights were available.)
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -25,14 +28,23 @@ def _skip(name: str, reason: str) -> dict[str, str]:
     return {name: message}
 
 
+def _local_weights_argument(cls: type, candidates: Sequence[str]) -> str | None:
+    """The constructor argument of ``cls`` that takes a local checkpoint path (package versions differ)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    return next((name for name in candidates if name in parameters), None)
+
+
 def _chexbert(hypotheses: Sequence[str], references: Sequence[str], weights: Path) -> dict[str, float | str]:
     if importlib.util.find_spec("f1chexbert") is None:
         return _skip("CheXbert-F1", "package f1chexbert is not installed (pip install f1chexbert)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never reach the hub
     from f1chexbert import F1CheXbert
 
-    scorer = F1CheXbert(refs_filename=None, hyps_filename=None, model_path=str(weights))
-    accuracy, _, class_report, class_report_5 = scorer(hyps=list(hypotheses), refs=list(references))
+    argument = _local_weights_argument(F1CheXbert, ("chexbert_checkpoint", "model_path", "checkpoint"))
+    if argument is None:
+        return _skip("CheXbert-F1", "the installed f1chexbert takes no local checkpoint path (it would download one)")
+    scorer = F1CheXbert(**{argument: str(weights)})
+    accuracy, _, class_report, class_report_5 = scorer(hyps=list(hypotheses), refs=list(references))[:4]
     return {
         "CheXbert-accuracy": float(accuracy),
         "CheXbert-F1-14-micro": float(class_report["micro avg"]["f1-score"]),
@@ -48,7 +60,10 @@ def _radgraph(hypotheses: Sequence[str], references: Sequence[str], weights: Pat
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from radgraph import F1RadGraph
 
-    scorer = F1RadGraph(reward_level="partial", model_path=str(weights))
+    argument = _local_weights_argument(F1RadGraph, ("model_path", "model_dir", "checkpoint"))
+    if argument is None:
+        return _skip("RadGraph-F1", "the installed radgraph takes no local model path (it would download one)")
+    scorer = F1RadGraph(reward_level="partial", **{argument: str(weights)})
     score = scorer(hyps=list(hypotheses), refs=list(references))[0]
     return {"RadGraph-F1-partial": float(score)}
 

@@ -78,3 +78,27 @@ def test_clinical_metrics_skip_without_weights(tmp_path):
     assert result["CheXbert-F1"].startswith("skipped") and result["RadGraph-F1"].startswith("skipped")
     with pytest.raises(FileNotFoundError, match="CheXbert-F1 weights path"):
         clinical_efficacy_metrics(["a"], ["a"], chexbert_path=tmp_path / "missing.pth")
+
+
+def test_clinical_metrics_use_the_local_weights_argument(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    weights = tmp_path / "chexbert.pth"
+    weights.write_bytes(b"")
+    seen = {}
+
+    class FakeF1CheXbert:  # the shape of f1chexbert's scorer, recording what it is given
+        def __init__(self, refs_filename=None, hyps_filename=None, chexbert_checkpoint=None):
+            seen["checkpoint"] = chexbert_checkpoint
+
+        def __call__(self, hyps, refs):
+            report = {"micro avg": {"f1-score": 0.5}, "macro avg": {"f1-score": 0.25}}
+            return 0.75, [], report, report
+
+    monkeypatch.setitem(sys.modules, "f1chexbert", types.SimpleNamespace(F1CheXbert=FakeF1CheXbert))
+    monkeypatch.setattr("common.metrics.clinical_efficacy.importlib.util.find_spec", lambda name: object())
+    result = clinical_efficacy_metrics(["no effusion"], ["no effusion"], chexbert_path=weights)
+    assert seen["checkpoint"] == str(weights)
+    assert result["CheXbert-F1-14-micro"] == 0.5 and result["CheXbert-accuracy"] == 0.75
+    assert result["RadGraph-F1"].startswith("skipped")
