@@ -37,7 +37,8 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean_low = sum_low / np.maximum(weight_low, 1)
     mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
     between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(centers[int(np.argmax(between))])
+    best = np.flatnonzero(between == between.max())  # empty bins between two modes make a plateau: take its middle
+    return float(edges[best[len(best) // 2] + 1]) if len(best) > 1 else float(centers[best[0]])
 
 
 def otsu_foreground(image: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
