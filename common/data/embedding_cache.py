@@ -19,11 +19,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from .atomic_io import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +58,6 @@ def hash_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class EmbeddingCache:
     """One cache space: item key -> embedding row, backed by committed float16 shards.
 
@@ -92,7 +80,7 @@ class EmbeddingCache:
                 raise ValueError(f"cache space {self.root} belongs to another identity (hash prefix collision); delete it")
         else:
             payload = json.dumps({"space_key": self.space_key, "dtype": self.dtype.name, "identity": self.identity}, indent=2, default=str)
-            _atomic_write_bytes(identity_file, lambda h: h.write(payload.encode()))
+            write_text_atomic(payload, identity_file)
         self._index: dict[str, int] = {}  # key -> shard_id << 32 | row
         self._shards: dict[int, np.ndarray] = {}
         self.dim: int | None = None
@@ -161,9 +149,12 @@ class EmbeddingCache:
         stored = embeddings.astype(self.dtype)
         if not np.all(np.isfinite(stored)):
             raise ValueError(f"embeddings overflow {self.dtype.name} (values up to {np.abs(embeddings).max():.3g}); use dtype float32")
-        _atomic_write_bytes(array_file, lambda h: np.save(h, stored))
-        payload = json.dumps(list(keys)).encode()
-        _atomic_write_bytes(self.root / f"shard_{shard_id:06d}.keys.json", lambda h: h.write(payload))
+        with atomic_path(array_file, suffix=".npy.tmp") as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, stored)
+                handle.flush()
+                os.fsync(handle.fileno())
+        write_text_atomic(json.dumps(list(keys)), self.root / f"shard_{shard_id:06d}.keys.json")  # the commit mark
         self._shards[shard_id] = np.load(array_file, mmap_mode="r")
         self.dim = embeddings.shape[1]
         self._index.update(zip(keys, range(shard_id << 32, (shard_id << 32) + len(keys))))

@@ -13,10 +13,10 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from .atomic_io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -220,22 +220,15 @@ def assign_patient_splits(
 def write_manifest(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
     """Write rows as CSV or JSONL (by suffix), atomically: a partial file never replaces a good one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(columns or dict.fromkeys(k for row in rows for k in row))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            if path.suffix.lower() == ".csv":
-                writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows)
-            elif path.suffix.lower() in (".jsonl", ".ndjson"):
-                for row in rows:
-                    handle.write(json.dumps({c: row.get(c) for c in columns}) + "\n")
-            else:
-                raise ValueError(f"manifest {path} must be .csv or .jsonl")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
+        raise ValueError(f"manifest {path} must be .csv or .jsonl")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        if path.suffix.lower() == ".csv":
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                handle.write(json.dumps({c: row.get(c) for c in columns}) + "\n")
     return path

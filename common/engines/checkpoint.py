@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -18,6 +16,8 @@ import torch
 from ignite.engine import Engine, Events
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from ..data.atomic_io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -45,16 +45,9 @@ def trained_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``state_dict`` to ``path`` atomically (temp file + rename): a crash never leaves a half file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in (metadata or {}).items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp), metadata=header)
     return path
 
 

@@ -14,10 +14,7 @@ per-modality variant). Cross-modal retrieval R@1/5/10 is scored on the projectio
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..data.atomic_io import atomic_path, write_json_atomic
 from ..metrics.classification import classification_metrics
 from ..metrics.embedding_quality import pair_auroc
 from ..metrics.retrieval import bidirectional_retrieval
@@ -37,21 +35,6 @@ from .checkpoint import unwrap
 logger = logging.getLogger(__name__)
 
 __all__ = ["project_table", "evaluate_projection", "write_json_atomic", "plot_downstream", "format_summary"]
-
-
-def write_json_atomic(payload: Any, path: str | Path) -> Path:
-    """Write JSON via a temp file and rename, so an interrupted run never leaves half a result file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, default=float)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @torch.no_grad()
@@ -168,13 +151,10 @@ def plot_downstream(results: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"Linear probe on test split (n={results['num_test']})")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def format_summary(results: dict[str, Any]) -> str:

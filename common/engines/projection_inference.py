@@ -11,7 +11,7 @@ import torch
 from safetensors.numpy import load_file
 
 from .checkpoint import save_safetensors
-from .downstream_evaluation import write_json_atomic
+from ..data.atomic_io import write_json_atomic
 from .embedding_extraction import extract_embeddings
 
 logger = logging.getLogger(__name__)
