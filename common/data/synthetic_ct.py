@@ -23,6 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from common.data.distributed import rank_zero_first
 from common.data.manifest import assign_patient_splits, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def _report(names: Sequence[str], present: Sequence[bool], rng: np.random.Genera
     return " ".join(sentences[i] for i in order)
 
 
+@rank_zero_first()  # under DDP, rank 0 writes the files once and the other ranks reuse them
 def make_synthetic_ct_dataset(
     out_dir: str | Path,
     num_samples: int = 60,

@@ -103,6 +103,7 @@ def _report(pattern: str, side: str, rng: np.random.Generator) -> str:
     return f"FINDINGS: {phrase} {tail} IMPRESSION: {phrase}"
 
 
+@rank_zero_first()  # under DDP, rank 0 writes the files once and the other ranks reuse them
 def make_synthetic_cxr_dataset(
     out_dir: str | Path,
     num_samples: int = 200,
@@ -120,11 +121,7 @@ def make_synthetic_cxr_dataset(
     column per class, ``patient_id`` and a patient-level ``split``. Classes are balanced (round robin).
     An existing manifest is kept unless ``overwrite`` (so a re-run of a demo reuses its data).
     """
-    with rank_zero_first():  # under DDP, rank 0 writes the files once and the other ranks reuse them
-        return _make_dataset(Path(out_dir), num_samples, class_names, image_size, seed, split_fractions, studies_per_patient, manifest_name, overwrite)
-
-
-def _make_dataset(out_dir, num_samples, class_names, image_size, seed, split_fractions, studies_per_patient, manifest_name, overwrite) -> Path:
+    out_dir = Path(out_dir)
     manifest = out_dir / manifest_name
     if manifest.is_file() and not overwrite:
         logger.info("synthetic data already at %s; reusing it", manifest)

@@ -23,8 +23,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 
+from common.data.atomic_io import atomic_path
 from common.engines.ctclip_training import CTCLIPPrepareBatch, build_prompts
 from common.metrics.classification import safe_roc_auc
 from common.metrics.retrieval import retrieval_recall_at_k
@@ -58,21 +57,10 @@ __all__ = [
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file and ``os.replace``: an interruption never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are meant to be shared like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically: an interruption never leaves half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def check_pathology_names(names: Sequence[str]) -> list[str]:
