@@ -12,9 +12,13 @@ from typing import Sequence
 
 __all__ = ["clean_report", "extract_sections", "CLEANING_VERSION"]
 
-CLEANING_VERSION = "1"  # bump when the output of clean_report changes: it invalidates embedding caches
+CLEANING_VERSION = "2"  # bump when the output of clean_report changes: it invalidates embedding caches
 
-_SECTION_HEADER = re.compile(r"(?im)^\s*([A-Z][A-Z /]{2,40}):\s*")
+# known section headers, at a line start or mid-line ("FINDINGS: ... IMPRESSION: ..." on one line is common)
+_SECTION_HEADER = re.compile(
+    r"(?i)(?:^|(?<=[\s.]))(CLINICAL HISTORY|FINDINGS|IMPRESSION|INDICATION|COMPARISON|HISTORY|TECHNIQUE|EXAMINATION|"
+    r"CONCLUSION)\s*:\s*"
+)
 _PLACEHOLDER = re.compile(r"\bX{2,}\b")
 _NUMBERED = re.compile(r"(?m)(^\s*|(?<=[.;])\s+)\d+\.\s+")  # "1. ", "2. " list markers
 

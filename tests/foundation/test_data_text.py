@@ -22,6 +22,8 @@ def test_sections_placeholders_and_whitespace():
     assert "XXXX" in clean_report(REPORT, placeholder=None)
     assert clean_report("No sections here.", sections=["findings"]) == "No sections here."  # falls back to the text
     assert clean_report("   ") == ""
+    one_line = "FINDINGS: Heart is enlarged. No effusion. IMPRESSION: Cardiomegaly."
+    assert extract_sections(one_line) == {"findings": "Heart is enlarged. No effusion.", "impression": "Cardiomegaly."}
 
 
 def test_synthetic_images_carry_their_label(tmp_path):

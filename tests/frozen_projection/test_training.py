@@ -116,3 +116,27 @@ def test_ready_embeddings_with_nan_are_named(tmp_path):
     save_file({"image_embedding": torch.randn(4, 6)}, str(path))
     with pytest.raises(ValueError, match="width 6, the trained head expects 8"):
         load_ready_embeddings(path, {"image_embedding": 8})
+
+
+def test_clip_objective_aligns_images_with_their_reports(trained):
+    from common.metrics.retrieval import bidirectional_retrieval
+
+    root = trained["root"]  # same cache: nothing is re-embedded
+    parser = _demo_parser(root, objective="clip", ckpt_dir=str(root / "models_clip"))
+    parser.parse()
+    table = parser.get_parsed_content("embedding_table")
+    network = parser.get_parsed_content("network")
+    test = [r for r in table if r["split"] == "test"]
+
+    def recall_at_10() -> float:
+        images, texts = project_table(network, test)
+        normalize = torch.nn.functional.normalize
+        result = bidirectional_retrieval(normalize(torch.as_tensor(images), dim=-1), normalize(torch.as_tensor(texts), dim=-1), (10,))
+        return (result["image_to_text_R@10"] + result["text_to_image_R@10"]) / 2
+
+    before = recall_at_10()
+    parser.get_parsed_content("train#trainer").run()
+    after = recall_at_10()
+    # chance R@10 is 10 / len(test) (about 0.17 here); InfoNCE pulls each image towards its own report
+    assert after > before + 0.15 and after > 0.3, (before, after)
+    assert (root / "models_clip" / "model.safetensors").is_file()
