@@ -57,6 +57,7 @@ class CLEFTPrepareBatch:
         report_key, image_key: batch keys.
         require_single_label: targets are class indices; a row with no positive class is an error naming it.
         report_sections: report sections kept as the caption (e.g. ``["findings", "impression"]``); None keeps all.
+        prompt_names: the text of each class in label captions (default: the class names).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class CLEFTPrepareBatch:
         image_key: str = "image",
         require_single_label: bool = True,
         report_sections: Sequence[str] | None = None,
+        prompt_names: Sequence[str] | None = None,
     ) -> None:
         if caption_source not in CAPTION_SOURCES:
             raise ValueError(f"caption_source must be one of {CAPTION_SOURCES}, got {caption_source!r}")
@@ -82,6 +84,9 @@ class CLEFTPrepareBatch:
         self.image_key = image_key
         self.require_single_label = require_single_label
         self.report_sections = list(report_sections) if report_sections else None
+        self.prompt_names = list(prompt_names) if prompt_names else self.class_names
+        if len(self.prompt_names) != len(self.class_names):
+            raise ValueError(f"{len(self.prompt_names)} class_prompt_names for {len(self.class_names)} class_names")
 
     def targets(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
         """Class indices ``(B,)`` (the first positive class, as the official code) or None without class names."""
@@ -100,7 +105,7 @@ class CLEFTPrepareBatch:
             if self.report_key not in batch:
                 raise ValueError(f"caption_source='report' but the batch has no '{self.report_key}' field")
             return [clean_report(str(text), sections=self.report_sections) for text in batch[self.report_key]]
-        return captions_from_labels(label_matrix(batch, self.class_names), self.class_names, self.caption_template)
+        return captions_from_labels(label_matrix(batch, self.class_names), self.prompt_names, self.caption_template)
 
     def __call__(
         self, batch: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs

@@ -106,6 +106,8 @@ class CLEFTClassifier(nn.Module):
             The zero-shot validator of stage 1 wraps the network under training and must not freeze it.
         lowercase: lower-case the class names, as the official code lower-cases captions and prompts (the
             training captions from labels are lower-cased too, so "Edema" and "edema" tokenize alike).
+        prompt_names: the text written into the prompt for each class (default: the class names), e.g.
+            ``"birads score 0: additional imaging required"`` for a label column ``birads_0``.
     """
 
     TRAINABLE_PARTS = ("image_encoder", "image_projection", "logit_scale")
@@ -119,6 +121,7 @@ class CLEFTClassifier(nn.Module):
         trainable: Sequence[str] = (),
         freeze_clip: bool | None = None,
         lowercase: bool = True,
+        prompt_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if not class_names or len(set(class_names)) != len(class_names):
@@ -130,6 +133,9 @@ class CLEFTClassifier(nn.Module):
             raise ValueError(f"stage2_trainable has unknown part(s) {unknown}; choose from {self.TRAINABLE_PARTS}")
         self.clip = clip
         self.class_names = list(class_names)
+        self.prompt_names = list(prompt_names) if prompt_names else list(class_names)
+        if len(self.prompt_names) != len(self.class_names):
+            raise ValueError(f"{len(self.prompt_names)} class_prompt_names for {len(self.class_names)} class_names")
         self.template = template
         self.context = context
         self.lowercase = lowercase
@@ -159,7 +165,7 @@ class CLEFTClassifier(nn.Module):
 
     def class_prompts(self) -> list[str]:
         """The K texts fed to the LM (after the context, if any)."""
-        names = [name.lower() for name in self.class_names] if self.lowercase else self.class_names
+        names = [name.lower() for name in self.prompt_names] if self.lowercase else self.prompt_names
         if self.context is None:
             return [self.template.format(name) for name in names]
         return [" " + name for name in names]  # leading space: the word's in-sentence BPE form

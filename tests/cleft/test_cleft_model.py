@@ -137,3 +137,17 @@ def test_class_name_not_in_label_set_is_named(tokenizer):
     prepare = CLEFTPrepareBatch(None, ["edema"])
     with pytest.raises(ValueError, match="no positive class"):
         prepare(batch)
+
+
+def test_prompt_names_map_label_columns_to_prompt_text(tokenizer):
+    clip = tiny_cleft(tokenizer)
+    classifier = CLEFTClassifier(clip, ["birads_0", "birads_1"], template="a mammogram with {}.",
+                                 prompt_names=["BIRADS score 0: additional imaging required", "birads score 1: negative"])
+    assert classifier.class_prompts() == ["a mammogram with birads score 0: additional imaging required.",
+                                          "a mammogram with birads score 1: negative."]
+    with pytest.raises(ValueError, match="class_prompt_names"):
+        CLEFTClassifier(clip, ["a", "b"], prompt_names=["only one"])
+    prepare = CLEFTPrepareBatch(clip.text_encoder, ["birads_0", "birads_1"], caption_template="a mammogram with {}.",
+                                prompt_names=["birads score 0", "birads score 1"])
+    batch = {"image": torch.zeros(2, 3, 28, 28), "birads_0": torch.tensor([0, 1]), "birads_1": torch.tensor([1, 0])}
+    assert prepare.captions(batch) == ["a mammogram with birads score 1.", "a mammogram with birads score 0."]
