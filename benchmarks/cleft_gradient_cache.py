@@ -25,12 +25,29 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VIT = {"model_type": "dinov2_with_registers", "hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3,
-       "patch_size": 14, "image_size": 112, "num_register_tokens": 4}
-GPT2 = {"model_type": "gpt2", "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 128, "vocab_size": 512,
-        "bos_token_id": 0, "eos_token_id": 0,
-       # no dropout, so that the two modes' gradients are comparable (other batch shapes draw other masks)
-       "attn_pdrop": 0.0, "resid_pdrop": 0.0, "embd_pdrop": 0.0}
+VIT = {
+    "model_type": "dinov2_with_registers",
+    "hidden_size": 192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 3,
+    "patch_size": 14,
+    "image_size": 112,
+    "num_register_tokens": 4,
+}
+GPT2 = {
+    "model_type": "gpt2",
+    "n_embd": 256,
+    "n_layer": 4,
+    "n_head": 4,
+    "n_positions": 128,
+    "vocab_size": 512,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    # no dropout, so that the two modes' gradients are comparable (other batch shapes draw other masks)
+    "attn_pdrop": 0.0,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+}
 
 
 def _rss_kb() -> int:
@@ -56,17 +73,24 @@ def _step(mode: str, batch_size: int, chunk_size: int, grads_out: str) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = ["atelectasis", "edema", "cardiomegaly", "pleural effusion", "consolidation"]
     tokenizer = train_bpe_tokenizer([f"this is a chest x ray of a patient with {n}" for n in names], vocab_size=512)
-    model = CLEFT(DINOv2Encoder.from_config(config=VIT),
-                  CausalLMEncoder.from_config(config=GPT2, tokenizer=tokenizer, max_length=32, lora_dropout=0.0),
-                  embed_dim=128).to(device)
+    model = CLEFT(
+        DINOv2Encoder.from_config(config=VIT),
+        CausalLMEncoder.from_config(config=GPT2, tokenizer=tokenizer, max_length=32, lora_dropout=0.0),
+        embed_dim=128,
+    ).to(device)
     generator = torch.Generator().manual_seed(1)
     batch = {"image": torch.randn(batch_size, 3, 112, 112, generator=generator)}
     for k, name in enumerate(names):
         batch[name] = torch.tensor([int(i % len(names) == k) for i in range(batch_size)])
     trainer = SupervisedTrainer(
-        device=device, max_epochs=1, train_data_loader=[batch], network=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.0), loss_function=CLEFTContrastiveLoss(),
-        prepare_batch=CLEFTPrepareBatch(model.text_encoder, names), decollate=False,
+        device=device,
+        max_epochs=1,
+        train_data_loader=[batch],
+        network=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+        loss_function=CLEFTContrastiveLoss(),
+        prepare_batch=CLEFTPrepareBatch(model.text_encoder, names),
+        decollate=False,
         iteration_update=GradientCacheIteration(chunk_size) if mode == "gradient_cache" else None,
     )
     if device.type == "cuda":
@@ -76,7 +100,9 @@ def _step(mode: str, batch_size: int, chunk_size: int, grads_out: str) -> dict:
     trainer.run()
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    save_file({n: p.grad.detach().cpu().contiguous() for n, p in model.named_parameters() if p.grad is not None}, grads_out)
+    save_file(
+        {n: p.grad.detach().cpu().contiguous() for n, p in model.named_parameters() if p.grad is not None}, grads_out
+    )
     result = {"mode": mode, "seconds": seconds, "step_peak_mib": (peak_kb - before_kb) / 1024, "device": device.type}
     if device.type == "cuda":
         result["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -100,8 +126,18 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("plain", "gradient_cache"):
             out = os.path.join(tmp, f"{mode}.safetensors")
-            command = [sys.executable, __file__, "--_child", mode, "--_grads", out,
-                       "--batch_size", str(args.batch_size), "--chunk_size", str(args.chunk_size)]
+            command = [
+                sys.executable,
+                __file__,
+                "--_child",
+                mode,
+                "--_grads",
+                out,
+                "--batch_size",
+                str(args.batch_size),
+                "--chunk_size",
+                str(args.chunk_size),
+            ]
             completed = subprocess.run(command, capture_output=True, text=True, check=True)
             runs[mode] = json.loads(completed.stdout.strip().splitlines()[-1])
             grads[mode] = load_file(out)
@@ -127,17 +163,21 @@ def main() -> dict:
     lines = [
         f"# CLEFT gradient cache: one step at an effective batch of {args.batch_size} (chunks of {args.chunk_size})",
         "",
-        f"Device: {p['device']}; memory measure: {key} (each mode in a fresh process); reduced CLEFT "
-        f"(ViT {VIT['hidden_size']}x{VIT['num_hidden_layers']} at {VIT['image_size']} px, GPT-2 "
-        f"{GPT2['n_embd']}x{GPT2['n_layer']} with LoRA r=8).",
+        (
+            f"Device: {p['device']}; memory measure: {key} (each mode in a fresh process); reduced CLEFT "
+            f"(ViT {VIT['hidden_size']}x{VIT['num_hidden_layers']} at {VIT['image_size']} px, GPT-2 "
+            f"{GPT2['n_embd']}x{GPT2['n_layer']} with LoRA r=8)."
+        ),
         "",
         "| mode | step memory (MiB) | step time (s) |",
         "|---|---:|---:|",
         f"| plain (whole batch with a graph) | {p[key]:.0f} | {p['seconds']:.2f} |",
         f"| gradient cache | {g[key]:.0f} | {g['seconds']:.2f} |",
         "",
-        f"Memory ratio (gradient cache / plain): **{results['memory_ratio_gradient_cache_over_plain']:.2f}**; "
-        f"time ratio: {results['time_ratio_gradient_cache_over_plain']:.2f} (the cache embeds the batch twice).",
+        (
+            f"Memory ratio (gradient cache / plain): **{results['memory_ratio_gradient_cache_over_plain']:.2f}**; "
+            f"time ratio: {results['time_ratio_gradient_cache_over_plain']:.2f} (the cache embeds the batch twice)."
+        ),
         f"Largest parameter-gradient difference between the modes: {max_diff:.2e} (largest gradient {max_grad:.2e}).",
         "",
     ]

@@ -31,20 +31,37 @@ def _build(model_type: str, **kwargs) -> nn.Module:
 
 def main() -> dict:
     biomedlm = _build("gpt2", n_embd=2560, n_layer=32, n_head=20, n_positions=1024, vocab_size=28896)
-    meditron = _build("llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+    meditron = _build(
+        "llama",
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    )
     bert = _build("bert")  # bert-base: the Bio_ClinicalBERT architecture of the paper's baseline
-    vit = _build("dinov2_with_registers", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 patch_size=14, image_size=518, num_register_tokens=4)
-    vit_b16 = _build("vit", hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=16, image_size=224)
+    vit = _build(
+        "dinov2_with_registers",
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        patch_size=14,
+        image_size=518,
+        num_register_tokens=4,
+    )
+    vit_b16 = _build(
+        "vit", hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=16, image_size=224
+    )
 
     results: dict = {"lora": {"rank": 8, "alpha": 32}}
     bert_params = parameter_summary(bert).total
     for name, lm in (("biomedlm_gpt2", biomedlm), ("meditron_llama", meditron)):
         hidden = lm.config.hidden_size
         total = parameter_summary(lm).total
-        lora = parameter_summary(apply_lora(lm, default_lora_targets(lm.config.model_type), rank=8, alpha=32,
-                                            log_summary=False)).trainable
+        lora = parameter_summary(
+            apply_lora(lm, default_lora_targets(lm.config.model_type), rank=8, alpha=32, log_summary=False)
+        ).trainable
         projection = hidden * EMBED_DIM + EMBED_DIM
         results[name] = {
             "lm_parameters": total,
@@ -55,10 +72,13 @@ def main() -> dict:
             "text_trainable_vs_bert_base_percent": 100.0 * (lora + projection) / bert_params,
             "lora_vs_bert_base_percent": 100.0 * lora / bert_params,
         }
-    vit_params = parameter_summary(vit).total - vit.embeddings.mask_token.numel() - 2 * 768  # unused: mask token, final LN
+    # the mask token and the final LayerNorm are unused by the pre-norm mean pooling, so they do not train
+    vit_params = parameter_summary(vit).total - vit.embeddings.mask_token.numel() - 2 * 768
     image_projection = 768 * EMBED_DIM + EMBED_DIM
     cleft_trainable = vit_params + image_projection + results["biomedlm_gpt2"]["text_trainable"] + 1
-    bert_clip_trainable = parameter_summary(vit_b16).total + image_projection + bert_params + 768 * EMBED_DIM + EMBED_DIM + 1
+    bert_clip_trainable = (
+        parameter_summary(vit_b16).total + image_projection + bert_params + 768 * EMBED_DIM + EMBED_DIM + 1
+    )
     results["bert_base_parameters"] = bert_params
     results["whole_model"] = {
         "cleft_trainable (DINOv2-B/14 + LoRA + projections + scale)": cleft_trainable,
@@ -73,16 +93,22 @@ def main() -> dict:
         "",
         "| text encoder | LM parameters | LoRA (r=8) | + text projection | trainable text side vs BERT-base |",
         "|---|---:|---:|---:|---:|",
-        f"| BioMedLM (GPT-2, c_attn) | {g['lm_parameters']:,} | {g['lora_parameters']:,} | {g['text_trainable']:,} | "
-        f"{g['text_trainable_vs_bert_base_percent']:.2f}% (LoRA alone {g['lora_vs_bert_base_percent']:.2f}%) |",
-        f"| Meditron (Llama, q/v_proj) | {m['lm_parameters']:,} | {m['lora_parameters']:,} | {m['text_trainable']:,} | "
-        f"{m['text_trainable_vs_bert_base_percent']:.2f}% (LoRA alone {m['lora_vs_bert_base_percent']:.2f}%) |",
+        (
+            f"| BioMedLM (GPT-2, c_attn) | {g['lm_parameters']:,} | {g['lora_parameters']:,} | {g['text_trainable']:,} | "
+            f"{g['text_trainable_vs_bert_base_percent']:.2f}% (LoRA alone {g['lora_vs_bert_base_percent']:.2f}%) |"
+        ),
+        (
+            f"| Meditron (Llama, q/v_proj) | {m['lm_parameters']:,} | {m['lora_parameters']:,} | {m['text_trainable']:,} | "
+            f"{m['text_trainable_vs_bert_base_percent']:.2f}% (LoRA alone {m['lora_vs_bert_base_percent']:.2f}%) |"
+        ),
         "",
         f"BERT-base text encoder: {bert_params:,} parameters (all trained in a BERT-based CLIP).",
         "",
-        f"Whole trainable set: CLEFT {cleft_trainable:,} vs BERT-based CLIP {bert_clip_trainable:,} "
-        f"({results['whole_model']['cleft_vs_bert_clip_percent_smaller']:.1f}% smaller; the paper says 39%, whose "
-        "baseline we could not reconstruct, see docs/README.md).",
+        (
+            f"Whole trainable set: CLEFT {cleft_trainable:,} vs BERT-based CLIP {bert_clip_trainable:,} "
+            f"({results['whole_model']['cleft_vs_bert_clip_percent_smaller']:.1f}% smaller; the paper says 39%, whose "
+            "baseline we could not reconstruct, see docs/README.md)."
+        ),
         "",
     ]
     (RESULTS / "cleft_parameters.md").write_text("\n".join(lines))

@@ -10,7 +10,7 @@ augmentations are written in the bundle config with MONAI's own transforms.
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from monai.transforms import (
     ScaleIntensity,
 )
 
-__all__ = ["otsu_threshold", "otsu_foreground", "CXRBodyCropd"]
+__all__ = ["CXRBodyCropd", "otsu_foreground", "otsu_threshold"]
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -22,7 +22,7 @@ from common.peft.lora import save_lora_folder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_text_lora", "frozen_weights_fingerprint", "load_cleft_checkpoint", "inference_classifier"]
+__all__ = ["export_text_lora", "frozen_weights_fingerprint", "inference_classifier", "load_cleft_checkpoint"]
 
 
 def export_text_lora(network: torch.nn.Module, checkpoint_path: str | Path, folder: str | Path) -> Path | None:
@@ -81,7 +81,8 @@ def inference_classifier(
     if "context.context" not in state:
         raise ValueError(f"prompt_checkpoint {path} holds no 'context.context' (keys: {sorted(state)[:5]})")
     trainable = sorted({k.split(".")[1] for k in state if k.startswith("clip.")})
-    classifier = CLEFTClassifier(clip, class_names, context=ContextPrompt(*state["context.context"].shape),
-                                 trainable=trainable)
+    classifier = CLEFTClassifier(
+        clip, class_names, context=ContextPrompt(*state["context.context"].shape), trainable=trainable
+    )
     load_trained_weights(classifier, path)
     return classifier.eval()

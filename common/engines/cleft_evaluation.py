@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import ignite.distributed as idist
 import numpy as np
@@ -30,13 +31,13 @@ from common.metrics.linear_probe import linear_probe
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ClassificationEvaluation",
-    "plot_confusion_matrix",
-    "extract_image_features",
-    "run_linear_probe",
     "ClassProbabilityWriter",
-    "logits_and_label",
+    "ClassificationEvaluation",
+    "extract_image_features",
     "list_images",
+    "plot_confusion_matrix",
+    "probs_and_label",
+    "run_linear_probe",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -57,7 +58,7 @@ def _is_writer() -> bool:
     return idist.get_rank() == 0
 
 
-def logits_and_label(output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def probs_and_label(output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Engine output (``decollate=False``) -> ``(class probabilities (B, K), class ids (B,))``."""
     return output["pred"]["probs"], output["label"]
 
@@ -114,7 +115,7 @@ class ClassificationEvaluation(Metric):
         class_names: Sequence[str],
         name: str = "zero_shot",
         output_dir: str | Path | None = None,
-        output_transform: Callable = logits_and_label,
+        output_transform: Callable = probs_and_label,
         device: str | torch.device = "cpu",
     ) -> None:
         self.class_names = list(class_names)
@@ -145,16 +146,24 @@ class ClassificationEvaluation(Metric):
         report = classification_metrics(labels.numpy(), probs.numpy(), class_names=self.class_names)
         matrix = confusion_matrix(labels.numpy(), probs.argmax(-1).numpy(), labels=list(range(len(self.class_names))))
         report.update(
-            {"num_samples": int(len(labels)), "class_names": self.class_names, "confusion_matrix": matrix.tolist()}
+            {"num_samples": len(labels), "class_names": self.class_names, "confusion_matrix": matrix.tolist()}
         )
         if self.output_dir is not None and _is_writer():
             write_json_atomic(report, self.output_dir / f"{self.name}_metrics.json")
             plot_confusion_matrix(
-                matrix, self.class_names, self.output_dir / f"{self.name}_confusion_matrix.png",
+                matrix,
+                self.class_names,
+                self.output_dir / f"{self.name}_confusion_matrix.png",
                 title=f"{self.name}: accuracy {report['accuracy']:.3f}, AUROC {report['auroc']:.3f}",
             )
-        logger.info("%s: accuracy %.4f, AUROC %.4f, F1 %.4f (n=%d)", self.name, report["accuracy"], report["auroc"],
-                    report["f1"], len(labels))
+        logger.info(
+            "%s: accuracy %.4f, AUROC %.4f, F1 %.4f (n=%d)",
+            self.name,
+            report["accuracy"],
+            report["auroc"],
+            report["f1"],
+            len(labels),
+        )
         self.last_report = report
         return float(report["accuracy"])
 
@@ -196,12 +205,16 @@ def run_linear_probe(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Linear probes of the frozen image features at each label fraction; writes ``linear_probe_metrics.json``."""
-    train_x, train_y = extract_image_features(model, train_loader, prepare_batch, device, "linear probe: train features")
+    train_x, train_y = extract_image_features(
+        model, train_loader, prepare_batch, device, "linear probe: train features"
+    )
     test_x, test_y = extract_image_features(model, test_loader, prepare_batch, device, "linear probe: test features")
     results = linear_probe(train_x, train_y, test_x, test_y, fractions=fractions, class_names=class_names, seed=seed)
     if _is_writer():
-        write_json_atomic({"class_names": list(class_names), "seed": seed, "results": results},
-                          Path(output_dir) / "linear_probe_metrics.json")
+        write_json_atomic(
+            {"class_names": list(class_names), "seed": seed, "results": results},
+            Path(output_dir) / "linear_probe_metrics.json",
+        )
     return results
 
 

@@ -6,7 +6,7 @@ across ranks under DDP); stage 2 is cross-entropy over the K class prompts' ``lo
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,8 @@ padded to the longest caption of the batch, with the EOS the text encoder always
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.data import MetaTensor
@@ -15,7 +16,7 @@ from monai.data import MetaTensor
 from common.data.report_cleaning import clean_report
 from common.text.causal_lm_encoder import CausalLMEncoder
 
-__all__ = ["CLEFTPrepareBatch", "label_matrix", "captions_from_labels"]
+__all__ = ["CLEFTPrepareBatch", "captions_from_labels", "label_matrix"]
 
 CAPTION_SOURCES = ("labels", "report")
 

@@ -17,7 +17,8 @@ keep working; the network returns a dict (house pattern) and the loss takes ``(o
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.engines.utils import IterationEvents
@@ -41,9 +42,13 @@ def split_batch(batch: Mapping[str, Any], chunk_size: int) -> list[dict[str, Any
     for start in range(0, size, chunk_size):
         chunk = {}
         for key, value in batch.items():
-            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == size:
-                chunk[key] = value[start : start + chunk_size]
-            elif isinstance(value, (list, tuple)) and len(value) == size:
+            if (
+                isinstance(value, torch.Tensor)
+                and value.ndim > 0
+                and value.shape[0] == size
+                or isinstance(value, (list, tuple))
+                and len(value) == size
+            ):
                 chunk[key] = value[start : start + chunk_size]
             else:
                 chunk[key] = value

@@ -8,7 +8,7 @@ class, so a run is reproducible and each fraction's subset is written next to it
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -33,7 +33,7 @@ def label_fraction_indices(labels: np.ndarray, fraction: float, seed: int = 0) -
     chosen = []
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
-        count = max(1, int(round(fraction * len(members))))
+        count = max(1, round(fraction * len(members)))
         chosen.append(rng.choice(members, size=count, replace=False))
     return np.sort(np.concatenate(chosen))
 
@@ -85,6 +85,12 @@ def linear_probe(
         scores = np.zeros((len(test_labels), num_classes))
         scores[:, probe.classes_] = probe.predict_proba(test_features)  # classes absent from the subset score 0
         metrics = classification_metrics(test_labels, scores, class_names=class_names)
-        results[key] = {**metrics, "num_train": int(len(subset)), "train_indices": subset.tolist()}
-        logger.info("linear probe %s (%d labels): accuracy %.3f AUROC %.3f", key, len(subset), metrics["accuracy"], metrics["auroc"])
+        results[key] = {**metrics, "num_train": len(subset), "train_indices": subset.tolist()}
+        logger.info(
+            "linear probe %s (%d labels): accuracy %.3f AUROC %.3f",
+            key,
+            len(subset),
+            metrics["accuracy"],
+            metrics["auroc"],
+        )
     return results

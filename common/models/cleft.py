@@ -13,7 +13,7 @@ without a context it is the zero-shot classifier over ``template.format(class na
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from common.vision.dinov2_encoder import DINOv2Encoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLEFT", "CLEFTClassifier", "CHEXPERT_TEMPLATE"]
+__all__ = ["CHEXPERT_TEMPLATE", "CLEFT", "CLEFTClassifier"]
 
 CHEXPERT_TEMPLATE = "this is a chest x ray of a patient with {}"
 

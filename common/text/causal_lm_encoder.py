@@ -14,8 +14,9 @@ PEFT with PEFT's default targets for the architecture unless the config names th
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -59,7 +60,9 @@ def train_bpe_tokenizer(
     if not texts:
         raise ValueError("train_bpe_tokenizer needs at least one non-empty text")
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=[eos_token], show_progress=False)
+    bpe.train_from_iterator(
+        texts, vocab_size=vocab_size, min_frequency=1, special_tokens=[eos_token], show_progress=False
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos_token, pad_token=eos_token)
     if save_dir is not None:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -167,7 +170,10 @@ class CausalLMEncoder(nn.Module):
                 if self.num_truncated == 0:
                     logger.warning(
                         "%s %d has %d tokens, more than text_max_length=%d allows: truncated (EOS still appended "
-                        "and read); later truncations are counted in num_truncated", field, i, len(seq) + 1,
+                        "and read); later truncations are counted in num_truncated",
+                        field,
+                        i,
+                        len(seq) + 1,
                         self.max_length,
                     )
                 self.num_truncated += 1
@@ -204,7 +210,9 @@ class CausalLMEncoder(nn.Module):
             ``(B, hidden_size)``.
         """
         if input_ids.shape != attention_mask.shape:
-            raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ")
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ"
+            )
         embeds = self.input_embeddings()(input_ids)
         mask = attention_mask
         if prefix_embeds is not None:
@@ -213,6 +221,8 @@ class CausalLMEncoder(nn.Module):
             embeds = torch.cat([prefix_embeds.to(embeds.dtype), embeds], dim=1)
             prefix_mask = torch.ones(prefix_embeds.shape[:2], dtype=mask.dtype, device=mask.device)
             mask = torch.cat([prefix_mask, mask], dim=1)
-        hidden = self.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state  # (B, P + L, H)
+        hidden = self.model(
+            inputs_embeds=embeds, attention_mask=mask, use_cache=False
+        ).last_hidden_state  # (B, P + L, H)
         eos_index = mask.sum(dim=1) - 1  # right padding: the last attended token is the appended EOS
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_index]

@@ -9,8 +9,9 @@ final LayerNorm (its ``--pool_feat``, credited to FLIP); the normed CLS token is
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from common.weights.hf_loading import load_or_build_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DINOv2Encoder", "POOLING_MODES"]
+__all__ = ["POOLING_MODES", "DINOv2Encoder"]
 
 POOLING_MODES = ("mean_prenorm", "cls")
 

@@ -18,8 +18,9 @@ def tokenizer():
 @pytest.fixture
 def text_encoder(tokenizer):
     torch.manual_seed(0)
-    return CausalLMEncoder.from_config(config=tiny_gpt2_config(len(tokenizer)), tokenizer=tokenizer, max_length=16,
-                                       lora_dropout=0.0)
+    return CausalLMEncoder.from_config(
+        config=tiny_gpt2_config(len(tokenizer)), tokenizer=tokenizer, max_length=16, lora_dropout=0.0
+    )
 
 
 @pytest.fixture

@@ -6,10 +6,9 @@ import copy
 
 import pytest
 import torch
+from cleft_tiny import CORPUS, tiny_gpt2_config
 
 from common.text.causal_lm_encoder import CausalLMEncoder, default_lora_targets
-
-from cleft_tiny import CORPUS, tiny_gpt2_config
 
 
 def _reference_last_state(encoder: CausalLMEncoder, ids: list[int]) -> torch.Tensor:
@@ -115,9 +114,19 @@ def test_gradient_checkpointing_gives_same_lora_gradients(tokenizer):
 
 
 def test_llama_architecture_uses_q_v_targets(tokenizer):
-    config = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer),
-              "max_position_embeddings": 64, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    config = {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": 64,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "pad_token_id": 0,
+    }
     torch.manual_seed(0)
     encoder = CausalLMEncoder.from_config(config=config, tokenizer=tokenizer, max_length=16)
     assert default_lora_targets("llama") == ["q_proj", "v_proj"]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from cleft_tiny import CLASS_NAMES, TEMPLATE, tiny_cleft
 
+from common.engines.checkpoint import load_trained_weights, save_safetensors, trained_state_dict
 from common.engines.cleft_losses import PromptClassificationLoss
 from common.engines.cleft_prepare_batch import CLEFTPrepareBatch, label_matrix
-from common.engines.checkpoint import load_trained_weights, save_safetensors, trained_state_dict
 from common.models.cleft import CLEFTClassifier
 from common.peft.context_prompt import ContextPrompt
 from common.peft.lora import load_lora_folder, save_lora_folder
@@ -141,13 +141,23 @@ def test_class_name_not_in_label_set_is_named(tokenizer):
 
 def test_prompt_names_map_label_columns_to_prompt_text(tokenizer):
     clip = tiny_cleft(tokenizer)
-    classifier = CLEFTClassifier(clip, ["birads_0", "birads_1"], template="a mammogram with {}.",
-                                 prompt_names=["BIRADS score 0: additional imaging required", "birads score 1: negative"])
-    assert classifier.class_prompts() == ["a mammogram with birads score 0: additional imaging required.",
-                                          "a mammogram with birads score 1: negative."]
+    classifier = CLEFTClassifier(
+        clip,
+        ["birads_0", "birads_1"],
+        template="a mammogram with {}.",
+        prompt_names=["BIRADS score 0: additional imaging required", "birads score 1: negative"],
+    )
+    assert classifier.class_prompts() == [
+        "a mammogram with birads score 0: additional imaging required.",
+        "a mammogram with birads score 1: negative.",
+    ]
     with pytest.raises(ValueError, match="class_prompt_names"):
         CLEFTClassifier(clip, ["a", "b"], prompt_names=["only one"])
-    prepare = CLEFTPrepareBatch(clip.text_encoder, ["birads_0", "birads_1"], caption_template="a mammogram with {}.",
-                                prompt_names=["birads score 0", "birads score 1"])
+    prepare = CLEFTPrepareBatch(
+        clip.text_encoder,
+        ["birads_0", "birads_1"],
+        caption_template="a mammogram with {}.",
+        prompt_names=["birads score 0", "birads score 1"],
+    )
     batch = {"image": torch.zeros(2, 3, 28, 28), "birads_0": torch.tensor([0, 1]), "birads_1": torch.tensor([1, 0])}
     assert prepare.captions(batch) == ["a mammogram with birads score 1.", "a mammogram with birads score 0."]

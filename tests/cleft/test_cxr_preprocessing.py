@@ -29,7 +29,8 @@ def test_keep_aspect_ratio_pads_instead_of_stretching():
     image[:, :, :] = 0.5 + 0.5 * torch.rand(1, 100, 50)
     stretched = CXRBodyCropd(keys="image", image_size=32, pad_size=64, body_crop=False)({"image": image})["image"]
     kept = CXRBodyCropd(keys="image", image_size=32, pad_size=64, body_crop=False, keep_aspect_ratio=True)(
-        {"image": image})["image"]
+        {"image": image}
+    )["image"]
     assert stretched.shape == kept.shape == (3, 32, 32)
     assert (kept[0, :, 0] == 0).all() and (kept[0, :, -1] == 0).all()  # padded columns at the sides
 
@@ -41,8 +42,11 @@ def test_image_that_is_not_2d_is_a_named_error():
 
 def test_real_radiographs_load_and_preprocess(shared_data_dir):
     transform = CXRBodyCropd(keys="image", image_size=224)
-    for relative in ("cxr/nih/00000001_000.png", "cxr/tbx11k/imgs/tb/tb0005.png",
-                     "cxr/siim/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"):
+    for relative in (
+        "cxr/nih/00000001_000.png",
+        "cxr/tbx11k/imgs/tb/tb0005.png",
+        "cxr/siim/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
+    ):
         data = LoadRadiographd(keys="image")({"image": str(shared_data_dir / relative)})
         out = transform(data)["image"]
         assert out.shape == (3, 224, 224), relative

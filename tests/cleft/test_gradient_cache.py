@@ -27,9 +27,14 @@ def _batch(seed: int = 0) -> dict:
 def _trainer(model, iteration_update=None) -> SupervisedTrainer:
     prepare = CLEFTPrepareBatch(model.text_encoder, CLASS_NAMES, caption_template=TEMPLATE + "{}")
     return SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=[_batch()], network=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.0), loss_function=CLEFTContrastiveLoss(),
-        prepare_batch=prepare, iteration_update=iteration_update,
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[_batch()],
+        network=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+        loss_function=CLEFTContrastiveLoss(),
+        prepare_batch=prepare,
+        iteration_update=iteration_update,
     )
 
 
