@@ -115,24 +115,33 @@ class EmbeddingCache:
         """The keys not yet in the cache, in order, without duplicates."""
         return [k for k in dict.fromkeys(keys) if k not in self._index]
 
-    def get(self, keys: Sequence[str], dtype: str | np.dtype | None = "float32") -> np.ndarray:
-        """Rows for ``keys`` as an array (len(keys), D); a missing key is a KeyError naming it.
+    def locate(self, keys: Sequence[str]) -> np.ndarray:
+        """Resolve keys to packed locations (``shard_id << 32 | row``); a missing key is a KeyError naming it.
 
-        ``dtype`` is the output type (float32 by default; None keeps the storage dtype, half the memory).
+        One dictionary lookup per key (about a second per million): resolve once, then :meth:`read` as often as needed.
         """
-        if self.dim is None:
-            raise KeyError(f"cache space {self.root} is empty")
         try:
-            packed = np.fromiter((self._index[k] for k in keys), dtype=np.int64, count=len(keys))
+            return np.fromiter((self._index[k] for k in keys), dtype=np.int64, count=len(keys))
         except KeyError as err:
             raise KeyError(f"embedding {str(err.args[0])[:16]}... not in cache space {self.root}") from None
-        shard_ids, rows = packed >> 32, packed & 0xFFFFFFFF
-        out = np.empty((len(keys), self.dim), dtype=self.dtype if dtype is None else np.dtype(dtype))
+
+    def read(self, locations: np.ndarray, dtype: str | np.dtype | None = "float32") -> np.ndarray:
+        """Rows at ``locations`` (from :meth:`locate`), in that order, as (N, D) of ``dtype`` (None: storage dtype)."""
+        if self.dim is None:
+            raise KeyError(f"cache space {self.root} is empty")
+        shard_ids, rows = locations >> 32, locations & 0xFFFFFFFF
+        out = np.empty((len(locations), self.dim), dtype=self.dtype if dtype is None else np.dtype(dtype))
         for shard in np.unique(shard_ids):
             positions = np.flatnonzero(shard_ids == shard)
             positions = positions[np.argsort(rows[positions], kind="stable")]  # sequential reads from the map
             out[positions] = self._shards[int(shard)][rows[positions]]
         return out
+
+    def get(self, keys: Sequence[str], dtype: str | np.dtype | None = "float32") -> np.ndarray:
+        """Rows for ``keys`` as (len(keys), D) of ``dtype`` (float32 by default; None keeps the storage dtype)."""
+        if self.dim is None:
+            raise KeyError(f"cache space {self.root} is empty")
+        return self.read(self.locate(keys), dtype)
 
     # ---- writing -----------------------------------------------------------------------------------------------
     def add(self, keys: Sequence[str], embeddings: np.ndarray) -> None:
