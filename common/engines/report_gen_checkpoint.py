@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from ignite.engine import Engine, Events
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
+from common.data.atomic_io import atomic_directory
 from common.models.report_generator import ReportGenerator
 from common.peft.lora import load_lora_folder, load_lora_state_dict, save_lora_folder
 
@@ -52,9 +50,7 @@ def save_report_gen_checkpoint(
     """
     model = _unwrap(model)
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
         save_file(state, str(tmp / PROJECTOR_FILE), metadata={"format": "pt", "projector_type": model.projector.kind})
         if isinstance(model.language_model, PeftModel):
@@ -62,16 +58,6 @@ def save_report_gen_checkpoint(
         if isinstance(model.vision_encoder.model, PeftModel):
             save_lora_folder(model.vision_encoder.model, tmp / "vision_lora")
         (tmp / "base_models.json").write_text(json.dumps(record or {}, indent=2, default=str))
-        old = None
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

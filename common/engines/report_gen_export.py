@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
 from safetensors.torch import save_file
 
+from common.data.atomic_io import atomic_directory
 from common.engines.report_gen_checkpoint import PROJECTOR_FILE
 from common.models.report_generator import ReportGenerator
 
@@ -50,9 +48,7 @@ def export_merged(
     if isinstance(model.vision_encoder.model, PeftModel):
         model.vision_encoder.model = model.vision_encoder.model.merge_and_unload()
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         model.language_model.save_pretrained(str(tmp / "llm"), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "llm"))
@@ -60,15 +56,5 @@ def export_merged(
         state = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
         save_file(state, str(tmp / PROJECTOR_FILE), metadata={"format": "pt", "projector_type": model.projector.kind})
         (tmp / "base_models.json").write_text(json.dumps({**(record or {}), "merged": True}, indent=2, default=str))
-        old = None
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported the merged report generator to %s", directory)
     return directory
