@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from peft import PeftModel
 
+from common.data.atomic_io import atomic_directory
 from common.engines.checkpoint import save_safetensors
 from common.peft.lora import load_lora_folder, lora_state_dict, save_lora_folder
 
@@ -45,18 +44,8 @@ def save_adapters(model: PeftModel, save_dir: str | Path, metadata: Mapping[str,
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     save_safetensors(lora_state_dict(model), save_dir / ADAPTER_FILE, metadata)
-    staging = Path(tempfile.mkdtemp(dir=save_dir, prefix=".adapters."))
-    try:
+    with atomic_directory(save_dir / ADAPTER_FOLDER) as staging:
         save_lora_folder(model, staging)
-        final, old = save_dir / ADAPTER_FOLDER, save_dir / ".adapters.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return save_dir / ADAPTER_FOLDER
 
 
