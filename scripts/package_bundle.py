@@ -32,7 +32,9 @@ def package(name: str, out_dir: Path) -> Path:
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for entry in BUNDLE_FILES:
             path = bundle / entry
-            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+            files = (
+                sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+            )
             for file in files:
                 archive.write(file, f"{name}/{file.relative_to(bundle)}")
         for file in sorted((ROOT / "common").rglob("*.py")):

@@ -29,14 +29,44 @@ def test_package_download_and_run_standalone(tmp_path):
     names = zipfile.ZipFile(archive).namelist()
     assert "frozen_projection/configs/train.json" in names and "frozen_projection/common/losses/clip_loss.py" in names
     generated = ("models/", "eval/", "logs/", "cache/", "demo_data/")
-    assert not [n for n in names if n.startswith(tuple(f"frozen_projection/{g}" for g in generated)) or n.endswith(".pyc")]
+    assert not [
+        n for n in names if n.startswith(tuple(f"frozen_projection/{g}" for g in generated)) or n.endswith(".pyc")
+    ]
 
     downloads = tmp_path / "downloads"
-    _run([sys.executable, "-m", "monai.bundle", "download", "--name", "frozen_projection", "--url", archive.as_uri(),
-          "--bundle_dir", str(downloads)], cwd=tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "download",
+            "--name",
+            "frozen_projection",
+            "--url",
+            archive.as_uri(),
+            "--bundle_dir",
+            str(downloads),
+        ],
+        cwd=tmp_path,
+    )
     bundle = downloads / "frozen_projection"
     which = _run([sys.executable, "-c", "import common; print(common.__file__)"], cwd=bundle)
     assert str(bundle) in which.stdout  # the vendored copy wins from inside the bundle folder
-    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/demo.json']",
-          "--bundle_root", ".", "--num_epochs", "1", "--demo_num_samples", "60"], cwd=bundle)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "['configs/train.json','configs/demo.json']",
+            "--bundle_root",
+            ".",
+            "--num_epochs",
+            "1",
+            "--demo_num_samples",
+            "60",
+        ],
+        cwd=bundle,
+    )
     assert (bundle / "models" / "model_final.safetensors").is_file()

@@ -11,7 +11,11 @@ __all__ = ["get_rank", "is_distributed", "rank_zero_first"]
 
 
 def is_distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
 
 
 def get_rank() -> int:

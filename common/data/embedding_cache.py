@@ -77,9 +77,15 @@ class EmbeddingCache:
         if identity_file.is_file():
             stored = json.loads(identity_file.read_text())
             if stored.get("space_key") != self.space_key:
-                raise ValueError(f"cache space {self.root} belongs to another identity (hash prefix collision); delete it")
+                raise ValueError(
+                    f"cache space {self.root} belongs to another identity (hash prefix collision); delete it"
+                )
         else:
-            payload = json.dumps({"space_key": self.space_key, "dtype": self.dtype.name, "identity": self.identity}, indent=2, default=str)
+            payload = json.dumps(
+                {"space_key": self.space_key, "dtype": self.dtype.name, "identity": self.identity},
+                indent=2,
+                default=str,
+            )
             write_text_atomic(payload, identity_file)
         self._index: dict[str, int] = {}  # key -> shard_id << 32 | row
         self._shards: dict[int, np.ndarray] = {}
@@ -97,7 +103,9 @@ class EmbeddingCache:
             keys = json.loads(keys_file.read_text())
             array = np.load(array_file, mmap_mode="r")
             if array.shape[0] != len(keys):
-                logger.warning("cache shard %s has %d rows for %d keys; ignoring it", array_file, array.shape[0], len(keys))
+                logger.warning(
+                    "cache shard %s has %d rows for %d keys; ignoring it", array_file, array.shape[0], len(keys)
+                )
                 continue
             self._shards[shard_id] = array
             self.dim = array.shape[1]
@@ -157,7 +165,10 @@ class EmbeddingCache:
         array_file = self.root / f"shard_{shard_id:06d}.npy"
         stored = embeddings.astype(self.dtype)
         if not np.all(np.isfinite(stored)):
-            raise ValueError(f"embeddings overflow {self.dtype.name} (values up to {np.abs(embeddings).max():.3g}); use dtype float32")
+            raise ValueError(
+                f"embeddings overflow {self.dtype.name} (values up to {np.abs(embeddings).max():.3g}); "
+                "use dtype float32"
+            )
         with atomic_path(array_file, suffix=".npy.tmp") as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, stored)

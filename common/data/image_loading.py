@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Hashable, Mapping, Sequence
+from typing import Hashable, Mapping
 
-import numpy as np
 import pydicom
 import torch
 from monai.config import KeysCollection
@@ -82,7 +81,9 @@ class LoadRadiograph:
             elif is_dicom_path(path) and path.is_file():
                 image = self._load_dicom(path)
             else:
-                raise ValueError(f"unsupported radiograph file type '{suffix or path.name}' (PNG, JPG or DICOM expected)")
+                raise ValueError(
+                    f"unsupported radiograph file type '{suffix or path.name}' (PNG, JPG or DICOM expected)"
+                )
         except (FileNotFoundError, ValueError) as err:
             if str(path) in str(err):
                 raise
@@ -90,7 +91,9 @@ class LoadRadiograph:
         except Exception as err:  # readers raise many types on corrupt files; name the file whatever it was
             raise ValueError(f"could not read image {path} ({source}): {type(err).__name__}: {err}") from err
         if image.ndim != 3 or image.shape[0] != 1:
-            raise ValueError(f"image {path} ({source}) is not a 2D radiograph: loaded shape {tuple(image.shape)}, expected (1, H, W)")
+            raise ValueError(
+                f"image {path} ({source}) is not a 2D radiograph: loaded shape {tuple(image.shape)}, expected (1, H, W)"
+            )
         if not torch.isfinite(image).all():
             raise ValueError(f"image {path} ({source}) holds NaN or infinite values")
         return image
@@ -122,7 +125,13 @@ class LoadRadiograph:
 class LoadRadiographd(MapTransform):
     """Dictionary form of :class:`LoadRadiograph`; errors name the manifest row and field when the dict has them."""
 
-    def __init__(self, keys: KeysCollection, invert_monochrome1: bool = True, reduce_rgb: bool = True, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        invert_monochrome1: bool = True,
+        reduce_rgb: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadRadiograph(invert_monochrome1=invert_monochrome1, reduce_rgb=reduce_rgb)
 
@@ -163,7 +172,9 @@ class LoadVolume:
         except Exception as err:
             raise ValueError(f"could not read volume {path} ({source}): {type(err).__name__}: {err}") from err
         if volume.ndim != 4:
-            raise ValueError(f"volume {path} ({source}) has shape {tuple(volume.shape)}; expected (1, X, Y, Z) for a 3D image")
+            raise ValueError(
+                f"volume {path} ({source}) has shape {tuple(volume.shape)}; expected (1, X, Y, Z) for a 3D image"
+            )
         if not torch.isfinite(volume).all():
             raise ValueError(f"volume {path} ({source}) holds NaN or infinite values")
         return volume.float()

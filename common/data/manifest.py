@@ -59,7 +59,9 @@ def _parse_label(value: Any, column: str, class_names: Sequence[str] | None) -> 
             return list(class_names).index(text)
         if text.isdigit() and int(text) < len(class_names):  # a class index (CSV cells are strings)
             return int(text)
-        raise ManifestError(f"unknown label value {value!r}; expected one of {list(class_names)} or an index below {len(class_names)}")
+        raise ManifestError(
+            f"unknown label value {value!r}; expected one of {list(class_names)} or an index below {len(class_names)}"
+        )
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ManifestError("label is empty")
     try:

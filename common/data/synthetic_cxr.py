@@ -40,7 +40,10 @@ PATTERNS = ("atelectasis", "cardiomegaly", "consolidation", "edema", "pleural ef
 
 _PHRASES = {
     "cardiomegaly": ["The cardiac silhouette is enlarged.", "Cardiomegaly is present.", "The heart is enlarged."],
-    "pleural effusion": ["There is a {side} pleural effusion.", "A {side} pleural effusion blunts the costophrenic angle."],
+    "pleural effusion": [
+        "There is a {side} pleural effusion.",
+        "A {side} pleural effusion blunts the costophrenic angle.",
+    ],
     "consolidation": ["Focal consolidation in the {side} lung.", "There is a dense {side} lung opacity."],
     "edema": ["Diffuse interstitial edema.", "Bilateral hazy opacities consistent with pulmonary edema."],
     "atelectasis": ["Linear atelectasis at the {side} base.", "There is {side} basilar atelectasis."],

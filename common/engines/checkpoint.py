@@ -34,7 +34,9 @@ __all__ = [
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DDP / DataParallel wrappers."""
-    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
+    return (
+        model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
+    )
 
 
 def trained_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -42,7 +44,9 @@ def trained_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in unwrap(model).named_parameters() if p.requires_grad}
 
 
-def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+def save_safetensors(
+    state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``state_dict`` to ``path`` atomically (temp file + rename): a crash never leaves a half file."""
     path = Path(path)
     header = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in (metadata or {}).items()}
@@ -64,11 +68,19 @@ def check_base_model(header: Mapping[str, str], source: str = "checkpoint", **ex
     for key, value in expected.items():
         value = value if isinstance(value, str) else json.dumps(value, default=str)
         if key in header and header[key] != value:
-            mine, theirs = json.loads(value) if value.startswith("{") else value, json.loads(header[key]) if header[key].startswith("{") else header[key]
-            differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)) if isinstance(mine, dict) and isinstance(theirs, dict) else []
+            mine, theirs = (
+                json.loads(value) if value.startswith("{") else value,
+                json.loads(header[key]) if header[key].startswith("{") else header[key],
+            )
+            differing = (
+                sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+                if isinstance(mine, dict) and isinstance(theirs, dict)
+                else []
+            )
             raise ValueError(
-                f"{source} was trained with another {key}" + (f" (differs in {differing})" if differing else "") +
-                ": use the same model weights, preprocessing and pooling as in training"
+                f"{source} was trained with another {key}"
+                + (f" (differs in {differing})" if differing else "")
+                + ": use the same model weights, preprocessing and pooling as in training"
             )
 
 
@@ -139,7 +151,10 @@ class SafetensorsSaver:
 
     @staticmethod
     def _is_writer() -> bool:
-        return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+        return (
+            not (torch.distributed.is_available() and torch.distributed.is_initialized())
+            or torch.distributed.get_rank() == 0
+        )
 
     def attach(self, engine: Engine) -> None:
         event = Events.EPOCH_COMPLETED if self.key_metric else Events.COMPLETED

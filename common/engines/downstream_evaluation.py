@@ -38,7 +38,9 @@ __all__ = ["project_table", "evaluate_projection", "write_json_atomic", "plot_do
 
 
 @torch.no_grad()
-def project_table(model: torch.nn.Module, table: Sequence[dict[str, Any]], batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def project_table(
+    model: torch.nn.Module, table: Sequence[dict[str, Any]], batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """Image and text projections (N, d_out) of an embedding table, in eval mode on the model's device."""
     model = unwrap(model).eval()
     device = next(model.parameters()).device
@@ -55,7 +57,9 @@ def project_table(model: torch.nn.Module, table: Sequence[dict[str, Any]], batch
     return torch.cat(images).numpy(), torch.cat(texts).numpy()
 
 
-def _probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, class_names, seed: int) -> dict:
+def _probe(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, class_names, seed: int
+) -> dict:
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     classifier.fit(train_x, train_y)
     scores = classifier.predict_proba(test_x)
@@ -80,7 +84,9 @@ def evaluate_projection(
     train = [r for r in table if r["split"] == train_split]
     test = [r for r in table if r["split"] == test_split]
     if not train or not test:
-        raise ValueError(f"evaluation needs rows in both the '{train_split}' ({len(train)}) and '{test_split}' ({len(test)}) splits")
+        raise ValueError(
+            f"evaluation needs rows in both the '{train_split}' ({len(train)}) and '{test_split}' ({len(test)}) splits"
+        )
     train_y = np.array([int(r["label"]) for r in train])
     test_y = np.array([int(r["label"]) for r in test])
     num_classes = int(max(train_y.max(), test_y.max())) + 1
@@ -89,7 +95,10 @@ def evaluate_projection(
         raise ValueError(f"{len(class_names)} class names for labels up to {num_classes - 1}")
 
     raw = {
-        split: {"image": np.stack([r["image_embedding"] for r in rows]), "text": np.stack([r["text_embedding"] for r in rows])}
+        split: {
+            "image": np.stack([r["image_embedding"] for r in rows]),
+            "text": np.stack([r["text_embedding"] for r in rows]),
+        }
         for split, rows in (("train", train), ("test", test))
     }
     projected = {}
@@ -104,14 +113,19 @@ def evaluate_projection(
         for split in ("train", "test"):
             pca[split][modality] = reducer.transform(raw[split][modality])
 
-    results: dict[str, Any] = {"num_train": len(train), "num_test": len(test), "class_names": class_names, "classification": {}}
+    results: dict[str, Any] = {
+        "num_train": len(train),
+        "num_test": len(test),
+        "class_names": class_names,
+        "classification": {},
+    }
     for name, features in (("raw", raw), ("pca", pca), ("projected", projected)):
         for inputs in ("image", "image+text"):
-            def stack(split: str) -> np.ndarray:
-                parts = [features[split]["image"]] + ([features[split]["text"]] if inputs == "image+text" else [])
-                return np.concatenate(parts, axis=1)
-
-            results["classification"][f"{name}/{inputs}"] = _probe(stack("train"), train_y, stack("test"), test_y, class_names, seed)
+            modalities = ["image", "text"] if inputs == "image+text" else ["image"]
+            train_x, test_x = (
+                np.concatenate([features[split][m] for m in modalities], axis=1) for split in ("train", "test")
+            )
+            results["classification"][f"{name}/{inputs}"] = _probe(train_x, train_y, test_x, test_y, class_names, seed)
     # the geometry the paper's loss shapes: does cosine similarity separate same-label from different-label pairs?
     test_labels = torch.as_tensor(test_y)
     results["pair_auroc"] = {
@@ -164,9 +178,15 @@ def plot_downstream(results: dict[str, Any], path: str | Path) -> Path:
 
 def format_summary(results: dict[str, Any]) -> str:
     """A small text table of the evaluation, for the console."""
-    lines = [f"linear probe on the test split (n_train={results['num_train']}, n_test={results['num_test']})", f"{'features':<24}{'F1':>8}{'AUROC':>8}{'acc':>8}"]
+    lines = [
+        f"linear probe on the test split (n_train={results['num_train']}, n_test={results['num_test']})",
+        f"{'features':<24}{'F1':>8}{'AUROC':>8}{'acc':>8}",
+    ]
     for key, value in results["classification"].items():
         lines.append(f"{key:<24}{value['f1']:>8.3f}{value['auroc']:>8.3f}{value['accuracy']:>8.3f}")
     lines.append("same-label pair AUROC (test): " + "  ".join(f"{k}={v:.3f}" for k, v in results["pair_auroc"].items()))
-    lines.append("retrieval (projected, test): " + "  ".join(f"{k}={v:.3f}" for k, v in results["retrieval"].items() if "R@" in k))
+    lines.append(
+        "retrieval (projected, test): "
+        + "  ".join(f"{k}={v:.3f}" for k, v in results["retrieval"].items() if "R@" in k)
+    )
     return "\n".join(lines)

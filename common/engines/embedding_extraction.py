@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.embedding_cache import EmbeddingCache, hash_file_content, hash_text
 from ..data.distributed import get_rank, rank_zero_first
+from ..data.embedding_cache import EmbeddingCache, hash_file_content, hash_text
 from ..data.image_loading import describe_source
 
 logger = logging.getLogger(__name__)
@@ -95,11 +95,21 @@ def extract_embeddings(
                 texts[key] = text
         todo = cache.missing(k for k in keys if k is not None)
         if is_first:
-            logger.info("%s embeddings: %d rows, %d cached, %d to compute", modality, len(rows), len(first_row) - len(todo), len(todo))
-            failed = _encode_missing(encoder, cache, todo, texts, first_row, modality, batch_size, skip_bad_rows, bad, progress)
+            logger.info(
+                "%s embeddings: %d rows, %d cached, %d to compute",
+                modality,
+                len(rows),
+                len(first_row) - len(todo),
+                len(todo),
+            )
+            failed = _encode_missing(
+                encoder, cache, todo, texts, first_row, modality, batch_size, skip_bad_rows, bad, progress
+            )
             keys = [None if k in failed else k for k in keys]
         elif todo and not skip_bad_rows:
-            raise RuntimeError(f"rank {get_rank()}: {len(todo)} {modality} embeddings that rank 0 should have cached are missing")
+            raise RuntimeError(
+                f"rank {get_rank()}: {len(todo)} {modality} embeddings that rank 0 should have cached are missing"
+            )
         else:
             keys = [None if k in todo else k for k in keys]  # rank 0 skipped these rows as bad
     if bad:
@@ -110,7 +120,9 @@ def extract_embeddings(
     return cache.get([keys[i] for i in kept]), kept
 
 
-def _encode_missing(encoder, cache, todo, texts, first_row, modality, batch_size, skip_bad_rows, bad, progress) -> set[str]:
+def _encode_missing(
+    encoder, cache, todo, texts, first_row, modality, batch_size, skip_bad_rows, bad, progress
+) -> set[str]:
     """Encode the uncached keys batch by batch, committing a shard per batch; returns keys that failed."""
     failed: set[str] = set()
     if not todo:
@@ -161,7 +173,9 @@ def build_embedding_table(
     Returns dicts ``{"image_embedding" (D_i,), "text_embedding" (D_t,), "label", "split", "id", "row"}`` for the
     rows whose image and text could both be embedded.
     """
-    image_embeddings, image_kept = extract_embeddings(image_encoder, rows, "image", cache_dir, batch_size, skip_bad_rows)
+    image_embeddings, image_kept = extract_embeddings(
+        image_encoder, rows, "image", cache_dir, batch_size, skip_bad_rows
+    )
     text_embeddings, text_kept = extract_embeddings(text_encoder, rows, "text", cache_dir, batch_size, skip_bad_rows)
     image_at = dict(zip(image_kept, image_embeddings))
     text_at = dict(zip(text_kept, text_embeddings))
@@ -169,7 +183,9 @@ def build_embedding_table(
     for index in sorted(set(image_kept) & set(text_kept)):
         row = rows[index]
         if label_key not in row:
-            raise ValueError(f"row {row.get('row', index + 1)} of {row.get('manifest', 'the manifest')}: field '{label_key}' missing")
+            raise ValueError(
+                f"row {row.get('row', index + 1)} of {row.get('manifest', 'the manifest')}: field '{label_key}' missing"
+            )
         table.append(
             {
                 "image_embedding": image_at[index],

@@ -26,7 +26,13 @@ class PrepareDictBatch:
         self.target_key = target_key
         self.keys = list(keys) if keys else None
 
-    def __call__(self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs):
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs,
+    ):
         if not isinstance(batchdata, Mapping):
             raise TypeError(f"expected a dict batch, got {type(batchdata).__name__}")
         wanted = self.keys or list(batchdata)
@@ -34,7 +40,11 @@ class PrepareDictBatch:
         if missing:
             raise KeyError(f"batch lacks key(s) {missing}; it has {sorted(batchdata)}")
         batch = {
-            k: (batchdata[k].to(device=device, non_blocking=non_blocking) if isinstance(batchdata[k], torch.Tensor) else batchdata[k])
+            k: (
+                batchdata[k].to(device=device, non_blocking=non_blocking)
+                if isinstance(batchdata[k], torch.Tensor)
+                else batchdata[k]
+            )
             for k in wanted
         }
         targets = None

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
-from .checkpoint import save_safetensors
 from ..data.atomic_io import write_json_atomic
+from .checkpoint import save_safetensors
 from .embedding_extraction import extract_embeddings
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ def load_ready_embeddings(path: str | Path, expected_dims: dict[str, int] | None
         if array.ndim != 2:
             raise ValueError(f"{path}: tensor '{key}' must be (N, D), got shape {array.shape}")
         if expected_dims and key in expected_dims and array.shape[1] != expected_dims[key]:
-            raise ValueError(f"{path}: tensor '{key}' has width {array.shape[1]}, the trained head expects {expected_dims[key]}")
+            raise ValueError(
+                f"{path}: tensor '{key}' has width {array.shape[1]}, the trained head expects {expected_dims[key]}"
+            )
         bad_rows = np.where(~np.isfinite(array).all(axis=1))[0]
         if len(bad_rows):
             raise ValueError(f"{path}: tensor '{key}' has NaN/inf in row(s) {bad_rows[:10].tolist()} (0-based)")
@@ -73,7 +75,10 @@ def run_projection_inference(
         ids = [str(i) for i in range(next(iter(inputs.values())).shape[0])]
     elif rows:
         kept_sets = []
-        for modality, encoder, key in (("image", image_encoder, "image_embedding"), ("text", text_encoder, "text_embedding")):
+        for modality, encoder, key in (
+            ("image", image_encoder, "image_embedding"),
+            ("text", text_encoder, "text_embedding"),
+        ):
             if encoder is None or not any(r.get(modality if modality == "image" else "report") for r in rows):
                 continue
             embeddings, kept = extract_embeddings(encoder, rows, modality, cache_dir, batch_size, skip_bad_rows)
@@ -89,10 +94,15 @@ def run_projection_inference(
     outputs = {}
     for key, head in (("image_embedding", model.image_head), ("text_embedding", model.text_head)):
         if key in inputs:
-            projected = [head(torch.as_tensor(inputs[key][s : s + 4096], device=device)).cpu() for s in range(0, len(inputs[key]), 4096)]
+            projected = [
+                head(torch.as_tensor(inputs[key][s : s + 4096], device=device)).cpu()
+                for s in range(0, len(inputs[key]), 4096)
+            ]
             outputs[key.replace("embedding", "projection")] = torch.cat(projected)
     output_dir = Path(output_dir)
     path = save_safetensors(outputs, output_dir / "projections.safetensors", {"ids": ids})
-    write_json_atomic({"ids": ids, "tensors": {k: list(v.shape) for k, v in outputs.items()}}, output_dir / "projections.json")
+    write_json_atomic(
+        {"ids": ids, "tensors": {k: list(v.shape) for k, v in outputs.items()}}, output_dir / "projections.json"
+    )
     logger.info("wrote %s (%s)", path, {k: tuple(v.shape) for k, v in outputs.items()})
     return path

@@ -22,7 +22,9 @@ class ProjectionValidationScore(Metric):
     (``from_engine(["pred", "label"])`` on a MONAI evaluator with ``decollate=False``).
     """
 
-    def __init__(self, objective: str = "label_pairwise", output_transform=lambda x: x, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, objective: str = "label_pairwise", output_transform=lambda x: x, device: str | torch.device = "cpu"
+    ) -> None:
         self.objective = objective
         super().__init__(output_transform=output_transform, device=device)
 

@@ -48,7 +48,11 @@ class LogitScale(nn.Module):
 
 
 def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
 
 
 def gather_features(features: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, int]:
@@ -77,7 +81,9 @@ def gather_features(features: torch.Tensor, with_grad: bool = True) -> tuple[tor
     return torch.cat(gathered, dim=0), sum(sizes[:rank])
 
 
-def clip_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+def clip_logits(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+) -> torch.Tensor:
     """``logit_scale * image_features @ text_features.T``, shape (B_image, B_text)."""
     return logit_scale * image_features @ text_features.t()
 

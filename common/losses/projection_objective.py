@@ -44,7 +44,9 @@ class ProjectionObjective(nn.Module):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.objective = objective
-        self.pairwise = LabelAwarePairwiseSigmoidLoss(temperature=temperature, normalize=normalize, pos_weight=pos_weight)
+        self.pairwise = LabelAwarePairwiseSigmoidLoss(
+            temperature=temperature, normalize=normalize, pos_weight=pos_weight
+        )
         self.clip = ClipLoss(gather_with_grad=gather_with_grad)
 
     def forward(self, outputs: Mapping[str, torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:

@@ -24,7 +24,9 @@ def _to_numpy(x) -> np.ndarray:
 def safe_roc_auc(y_true: np.ndarray, y_score: np.ndarray, name: str = "") -> float:
     """Binary AUROC, or NaN with a warning when only one class is present (AUROC is undefined then)."""
     if len(np.unique(y_true)) < 2:
-        logger.warning("AUROC%s undefined: only one class present in y_true; reported as NaN", f" of {name}" if name else "")
+        logger.warning(
+            "AUROC%s undefined: only one class present in y_true; reported as NaN", f" of {name}" if name else ""
+        )
         return float("nan")
     return float(roc_auc_score(y_true, y_score))
 
@@ -61,7 +63,9 @@ def classification_metrics(
         per_class = {n: safe_roc_auc(y_true[:, c], y_score[:, c], n) for c, n in enumerate(names)}
         y_pred = (y_score >= threshold).astype(int)
         return {
-            "auroc": float(np.nanmean(list(per_class.values()))) if any(not math.isnan(v) for v in per_class.values()) else float("nan"),
+            "auroc": float(np.nanmean(list(per_class.values())))
+            if any(not math.isnan(v) for v in per_class.values())
+            else float("nan"),
             "f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
             "accuracy": float((y_pred == y_true).mean()),
             "per_class_auroc": per_class,

@@ -11,7 +11,9 @@ from sklearn.metrics import top_k_accuracy_score
 __all__ = ["retrieval_recall_at_k", "bidirectional_retrieval"]
 
 
-def retrieval_recall_at_k(similarity, ks: Sequence[int] = (1, 5, 10), targets=None, prefix: str = "R@") -> dict[str, float]:
+def retrieval_recall_at_k(
+    similarity, ks: Sequence[int] = (1, 5, 10), targets=None, prefix: str = "R@"
+) -> dict[str, float]:
     """Recall@K of queries against candidates: the share of queries whose match ranks in the top K.
 
     Args:
@@ -23,7 +25,11 @@ def retrieval_recall_at_k(similarity, ks: Sequence[int] = (1, 5, 10), targets=No
     Returns:
         ``{"R@1": ..., "R@5": ..., "R@10": ..., "median_rank": ...}`` (ranks are 1-based).
     """
-    sim = similarity.detach().float().cpu().numpy() if isinstance(similarity, torch.Tensor) else np.asarray(similarity, dtype=np.float64)
+    sim = (
+        similarity.detach().float().cpu().numpy()
+        if isinstance(similarity, torch.Tensor)
+        else np.asarray(similarity, dtype=np.float64)
+    )
     if sim.ndim != 2:
         raise ValueError(f"similarity must be (num_queries, num_candidates), got shape {sim.shape}")
     num_queries, num_candidates = sim.shape
@@ -44,7 +50,9 @@ def retrieval_recall_at_k(similarity, ks: Sequence[int] = (1, 5, 10), targets=No
     return results
 
 
-def bidirectional_retrieval(image_features: torch.Tensor, text_features: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def bidirectional_retrieval(
+    image_features: torch.Tensor, text_features: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
     """Image→text and text→image recall@K for paired, L2-normalised features (pair i matches i)."""
     similarity = image_features.float() @ text_features.float().t()
     i2t = {f"image_to_text_{k}": v for k, v in retrieval_recall_at_k(similarity, ks).items()}

@@ -33,7 +33,13 @@ class ProjectionHead(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, hidden_dim: int = 256, out_dim: int = 128, activation: str = "relu", dropout: float = 0.0, layer_norm: bool = False
+        self,
+        in_dim: int,
+        hidden_dim: int = 256,
+        out_dim: int = 128,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         if min(in_dim, hidden_dim, out_dim) <= 0:
@@ -53,7 +59,9 @@ class ProjectionHead(nn.Module):
         """(B, in_dim) -> (B, out_dim)."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.in_dim:
             # the official code hard-codes input_dim=768 and fails with a bare shape error; name the mismatch
-            raise ValueError(f"projection head expects embeddings of shape (B, {self.in_dim}), got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"projection head expects embeddings of shape (B, {self.in_dim}), got {tuple(embeddings.shape)}"
+            )
         return self.net(embeddings.float())
 
 
@@ -79,14 +87,20 @@ class DualProjectionModel(nn.Module):
         learnable_logit_scale: bool = True,
     ) -> None:
         super().__init__()
-        head = dict(hidden_dim=hidden_dim, out_dim=out_dim, activation=activation, dropout=dropout, layer_norm=layer_norm)
+        head = dict(
+            hidden_dim=hidden_dim, out_dim=out_dim, activation=activation, dropout=dropout, layer_norm=layer_norm
+        )
         self.image_head = ProjectionHead(image_dim, **head)
         self.text_head = ProjectionHead(text_dim, **head)
         # a buffer when the objective does not use it: DDP rejects parameters that never receive a gradient
         self.logit_scale = LogitScale(logit_scale_init, logit_scale_max, learnable=learnable_logit_scale)
         self.config = {  # every constructor argument: inference rebuilds the network from a checkpoint's record
-            "image_dim": image_dim, "text_dim": text_dim, **head, "logit_scale_init": logit_scale_init,
-            "logit_scale_max": logit_scale_max, "learnable_logit_scale": learnable_logit_scale,
+            "image_dim": image_dim,
+            "text_dim": text_dim,
+            **head,
+            "logit_scale_init": logit_scale_init,
+            "logit_scale_max": logit_scale_max,
+            "learnable_logit_scale": learnable_logit_scale,
         }
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -57,7 +57,9 @@ def _check_targets_exist(model: torch.nn.Module, target_modules: Sequence[str] |
     names = [name for name, _ in model.named_modules()]
     missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        linear_names = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
         raise ValueError(
             f"lora target module(s) {missing} match no module of {type(model).__name__}; "
             f"its Linear layers are named {linear_names}"
@@ -116,7 +118,9 @@ def load_lora_state_dict(model: PeftModel, state_dict: dict[str, torch.Tensor]) 
     result = set_peft_model_state_dict(model, state_dict)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
-        raise ValueError(f"adapter state dict does not fit the model: missing {missing}, unexpected {result.unexpected_keys}")
+        raise ValueError(
+            f"adapter state dict does not fit the model: missing {missing}, unexpected {result.unexpected_keys}"
+        )
 
 
 def save_lora_folder(model: PeftModel, directory: str | Path) -> Path:

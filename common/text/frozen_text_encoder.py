@@ -111,7 +111,9 @@ class FrozenTextEncoder(nn.Module):
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed cleaned texts; returns (B, D) float32."""
         device = next(self.model.parameters()).device
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        tokens = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         hidden = self.model(**tokens).last_hidden_state
         return pool_hidden_states(hidden, tokens["attention_mask"], self.pooling).float()

@@ -65,9 +65,13 @@ class FrozenImageEncoder(nn.Module):
             [
                 LoadRadiographd(keys="image"),
                 ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
-                Resized(keys="image", spatial_size=(self.image_size, self.image_size), mode="bilinear", anti_aliasing=True),
+                Resized(
+                    keys="image", spatial_size=(self.image_size, self.image_size), mode="bilinear", anti_aliasing=True
+                ),
                 RepeatChanneld(keys="image", repeats=3),
-                NormalizeIntensityd(keys="image", subtrahend=self.image_mean, divisor=self.image_std, channel_wise=True),
+                NormalizeIntensityd(
+                    keys="image", subtrahend=self.image_mean, divisor=self.image_std, channel_wise=True
+                ),
             ]
         )
         self._fingerprint: str | None = None

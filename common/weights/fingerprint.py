@@ -20,5 +20,7 @@ def state_dict_fingerprint(module: torch.nn.Module) -> str:
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         if tensor.numel():
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.dtype != torch.bool else tensor.numpy().tobytes())
+            digest.update(
+                tensor.view(torch.uint8).numpy().tobytes() if tensor.dtype != torch.bool else tensor.numpy().tobytes()
+            )
     return digest.hexdigest()

@@ -37,7 +37,9 @@ def build_config(config: Mapping[str, Any] | PretrainedConfig) -> PretrainedConf
     if isinstance(config, PretrainedConfig):
         return config
     if "model_type" not in config:
-        raise ValueError(f"a model config needs a 'model_type' field (e.g. 'bert', 'gpt2', 'dinov2'); got keys {sorted(config)}")
+        raise ValueError(
+            f"a model config needs a 'model_type' field (e.g. 'bert', 'gpt2', 'dinov2'); got keys {sorted(config)}"
+        )
     kwargs = dict(config)
     return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
 
@@ -67,7 +69,12 @@ def load_or_build_model(
         return auto_class.from_pretrained(str(folder), local_files_only=True, **from_pretrained_kwargs)
     if config is None:
         raise ValueError(f"{key} is empty and no architecture config was given: one of them is needed")
-    logger.info("building %s from config with random weights (seed %d; no pretrained weights in %s)", auto_class.__name__, init_seed, key)
+    logger.info(
+        "building %s from config with random weights (seed %d; no pretrained weights in %s)",
+        auto_class.__name__,
+        init_seed,
+        key,
+    )
     with torch.random.fork_rng(devices=[]):  # the same config always gives the same weights, whatever the global RNG
         torch.manual_seed(init_seed)
         return auto_class.from_config(build_config(config))

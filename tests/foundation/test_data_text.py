@@ -31,13 +31,19 @@ def test_synthetic_images_carry_their_label(tmp_path):
 
     manifest = make_synthetic_cxr_dataset(tmp_path, num_samples=120, image_size=48, seed=3)
     rows = load_manifest(manifest, label_columns=["label"], require_report=True)
-    features = np.stack([np.asarray(Image.open(r["image"]).resize((16, 16)), dtype=np.float32).ravel() / 255 for r in rows])
+    features = np.stack(
+        [np.asarray(Image.open(r["image"]).resize((16, 16)), dtype=np.float32).ravel() / 255 for r in rows]
+    )
     labels = np.array([r["label"] for r in rows])
     accuracy = cross_val_score(LogisticRegression(max_iter=2000), features, labels, cv=3).mean()
     assert accuracy > 0.5  # 6 classes: chance is 0.17
     keywords = {
-        "atelectasis": ["atelectasis"], "cardiomegaly": ["cardi", "enlarged"], "consolidation": ["consolidation", "opacity"],
-        "edema": ["edema"], "pleural effusion": ["effusion"], "no finding": ["clear", "no acute"],
+        "atelectasis": ["atelectasis"],
+        "cardiomegaly": ["cardi", "enlarged"],
+        "consolidation": ["consolidation", "opacity"],
+        "edema": ["edema"],
+        "pleural effusion": ["effusion"],
+        "no finding": ["clear", "no acute"],
     }
     for row in rows[:12]:  # the report names the finding the image shows
         assert any(w in row["report"].lower() for w in keywords[row["label_name"].lower()]), row["report"]
@@ -47,4 +53,6 @@ def test_synthetic_data_is_reused_unless_overwritten(tmp_path):
     first = make_synthetic_cxr_dataset(tmp_path, num_samples=12, image_size=32)
     stamp = first.stat().st_mtime_ns
     assert make_synthetic_cxr_dataset(tmp_path, num_samples=12, image_size=32).stat().st_mtime_ns == stamp
-    assert make_synthetic_cxr_dataset(tmp_path, num_samples=12, image_size=32, overwrite=True).stat().st_mtime_ns != stamp
+    assert (
+        make_synthetic_cxr_dataset(tmp_path, num_samples=12, image_size=32, overwrite=True).stat().st_mtime_ns != stamp
+    )

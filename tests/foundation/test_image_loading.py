@@ -78,7 +78,9 @@ def test_nifti_and_dicom_series_volumes(shared_data_dir):
 def test_dicom_series_readers_agree_after_explicit_orientation(shared_data_dir):
     folder = shared_data_dir / "ct/totalseg_abdomen_dicom"
     ours = Orientation(axcodes="RAS")(LoadVolume()(folder))
-    itk = Orientation(axcodes="RAS")(LoadImage(reader=ITKReader(), image_only=True, ensure_channel_first=True)(str(folder)))
+    itk = Orientation(axcodes="RAS")(
+        LoadImage(reader=ITKReader(), image_only=True, ensure_channel_first=True)(str(folder))
+    )
     torch.testing.assert_close(torch.as_tensor(ours), torch.as_tensor(itk).float())
 
 

@@ -26,7 +26,13 @@ def test_csv_rows_resolve_paths_and_parse_labels(dataset):
     manifest = _write(
         dataset / "m.csv",
         [
-            {"image": "a.png", "report": 'Heart "enlarged",\nsecond line', "label": "1", "patient_id": "p1", "split": "train"},
+            {
+                "image": "a.png",
+                "report": 'Heart "enlarged",\nsecond line',
+                "label": "1",
+                "patient_id": "p1",
+                "split": "train",
+            },
             {"image": "b.png", "report": "Clear.", "label": "0", "patient_id": "p2", "split": "test"},
         ],
     )
@@ -39,7 +45,9 @@ def test_csv_rows_resolve_paths_and_parse_labels(dataset):
 
 def test_jsonl_and_class_names(dataset):
     manifest = dataset / "m.jsonl"
-    manifest.write_text("\n".join(json.dumps(r) for r in [{"image": "a.png", "finding": "edema"}, {"image": "b.png", "finding": 0}]))
+    manifest.write_text(
+        "\n".join(json.dumps(r) for r in [{"image": "a.png", "finding": "edema"}, {"image": "b.png", "finding": 0}])
+    )
     rows = load_manifest(manifest, label_columns=["finding"], class_names={"finding": ["normal", "edema"]})
     assert [r["finding"] for r in rows] == [1, 0]
 
@@ -49,7 +57,10 @@ def test_jsonl_and_class_names(dataset):
     [
         ({"image": "missing.png", "report": "x", "label": "1"}, r"row 1: field 'image': file not found: .*missing.png"),
         ({"image": "a.png", "report": "   ", "label": "1"}, r"row 1: field 'report': empty report"),
-        ({"image": "a.png", "report": "x", "label": "maybe"}, r"row 1: field 'label': label value 'maybe' is not a number"),
+        (
+            {"image": "a.png", "report": "x", "label": "maybe"},
+            r"row 1: field 'label': label value 'maybe' is not a number",
+        ),
         ({"image": "a.png", "report": "x", "label": "nan"}, r"row 1: field 'label': label is NaN"),
         ({"image": "a.png", "report": "x", "label": "1", "split": "holdout"}, r"row 1: field 'split': unknown split"),
     ],
@@ -88,7 +99,10 @@ def test_skip_bad_rows_warns_per_row_and_counts(dataset, caplog):
 def test_patient_in_two_splits_is_a_leak(dataset):
     manifest = _write(
         dataset / "m.csv",
-        [{"image": "a.png", "patient_id": "p1", "split": "train"}, {"image": "b.png", "patient_id": "p1", "split": "test"}],
+        [
+            {"image": "a.png", "patient_id": "p1", "split": "train"},
+            {"image": "b.png", "patient_id": "p1", "split": "test"},
+        ],
     )
     with pytest.raises(ManifestError, match="patient 'p1' is in both 'train' and 'test'"):
         load_manifest(manifest)

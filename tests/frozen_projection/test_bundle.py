@@ -24,7 +24,9 @@ def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 def _bundle_run(root: Path, *configs: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     files = ",".join(f"'{CONFIGS}/{c}.json'" for c in (*configs, "demo"))
-    return _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", f"[{files}]", "--bundle_root", str(root), *extra])
+    return _run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"[{files}]", "--bundle_root", str(root), *extra]
+    )
 
 
 @pytest.mark.slow
@@ -32,15 +34,21 @@ def test_train_evaluate_inference_end_to_end(tmp_path):
     _bundle_run(tmp_path, "train", extra=("--num_epochs", "3"))
     best = tmp_path / "models" / "model.safetensors"
     with safe_open(str(best), framework="pt") as handle:
-        assert set(handle.keys()) <= {k for k in handle.keys() if k.startswith(("image_head", "text_head", "logit_scale"))}
+        assert set(handle.keys()) <= {
+            k for k in handle.keys() if k.startswith(("image_head", "text_head", "logit_scale"))
+        }
         record = handle.metadata()
     assert "weights_sha256" in record["image_encoder"] and record["key_metric"] == "val_score"
     assert any((tmp_path / "logs").iterdir()), "TensorBoard events written"
 
     result = _bundle_run(tmp_path, "train", "evaluate")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(metrics["classification"]) == {f"{f}/{m}" for f in ("raw", "pca", "projected") for m in ("image", "image+text")}
-    assert {"image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10", "text_to_image_R@10"} <= set(metrics["retrieval"])
+    assert set(metrics["classification"]) == {
+        f"{f}/{m}" for f in ("raw", "pca", "projected") for m in ("image", "image+text")
+    }
+    assert {"image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10", "text_to_image_R@10"} <= set(
+        metrics["retrieval"]
+    )
     assert (tmp_path / "eval" / "downstream.png").stat().st_size > 1000
     assert "projected/image+text" in result.stdout  # the summary table is printed
 
@@ -53,7 +61,20 @@ def test_train_evaluate_inference_end_to_end(tmp_path):
 def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path):
     files = ",".join(f"'{CONFIGS}/{c}.json'" for c in ("train", "multi_gpu_train", "demo"))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = _run([*torchrun, "-m", "monai.bundle", "run", "--config_file", f"[{files}]", "--bundle_root", str(tmp_path), "--num_epochs", "2"])
+    result = _run(
+        [
+            *torchrun,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            f"[{files}]",
+            "--bundle_root",
+            str(tmp_path),
+            "--num_epochs",
+            "2",
+        ]
+    )
     assert (tmp_path / "models" / "model.safetensors").is_file()
     assert (tmp_path / "models" / "model_final.safetensors").is_file()
     # rank 0 logs; the validation metric is gathered, so both ranks agree on every epoch's value

@@ -36,7 +36,11 @@ def test_second_run_recomputes_nothing(tmp_path, synthetic_rows, tiny_image_enco
         assert calls["items"] == computed  # all hits
         np.testing.assert_array_equal(first, second)
         # float16 storage keeps the values to about 3 significant digits
-        fresh = encoder([encoder.prepare(synthetic_rows[0]["report"])]) if modality == "text" else encoder(encoder.prepare(synthetic_rows[0])[None])
+        fresh = (
+            encoder([encoder.prepare(synthetic_rows[0]["report"])])
+            if modality == "text"
+            else encoder(encoder.prepare(synthetic_rows[0])[None])
+        )
         np.testing.assert_allclose(first[0], fresh[0].numpy(), rtol=2e-3, atol=2e-3)
 
 
@@ -107,7 +111,9 @@ def test_interrupted_extraction_resumes_without_recomputing(tmp_path, synthetic_
     assert calls["items"] == distinct - 8 and len(kept) == len(rows)
 
 
-def test_empty_report_and_missing_image_are_named(tmp_path, synthetic_rows, tiny_image_encoder, tiny_text_encoder, caplog):
+def test_empty_report_and_missing_image_are_named(
+    tmp_path, synthetic_rows, tiny_image_encoder, tiny_text_encoder, caplog
+):
     rows = [dict(r) for r in synthetic_rows[:4]]
     rows[1]["report"] = "   "
     rows[2]["image"] = str(tmp_path / "gone.png")

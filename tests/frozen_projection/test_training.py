@@ -47,9 +47,18 @@ def trained(tmp_path_factory):
     epoch_losses: list[float] = []
     running: list[float] = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: running.append(e.state.output["loss"].item()))
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: (epoch_losses.append(float(np.mean(running))), running.clear()))
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: (epoch_losses.append(float(np.mean(running))), running.clear())
+    )
     trainer.run()
-    return {"root": root, "parser": parser, "table": table, "network": network, "before": before, "losses": epoch_losses}
+    return {
+        "root": root,
+        "parser": parser,
+        "table": table,
+        "network": network,
+        "before": before,
+        "losses": epoch_losses,
+    }
 
 
 def test_loss_falls_and_held_out_pair_auroc_rises(trained):
@@ -57,7 +66,9 @@ def test_loss_falls_and_held_out_pair_auroc_rises(trained):
     assert losses[-1] < 0.8 * losses[0], losses
     after = _test_pair_auroc(trained["network"], trained["table"])
     test = [r for r in trained["table"] if r["split"] == "test"]
-    raw = pair_auroc(torch.as_tensor(np.stack([r["image_embedding"] for r in test])), torch.tensor([r["label"] for r in test]))
+    raw = pair_auroc(
+        torch.as_tensor(np.stack([r["image_embedding"] for r in test])), torch.tensor([r["label"] for r in test])
+    )
     # the label-aware loss makes same-label image pairs more similar than different-label ones on unseen studies
     assert after > trained["before"] + 0.03, (trained["before"], after)
     assert after > raw + 0.03, (raw, after)
@@ -131,7 +142,9 @@ def test_clip_objective_aligns_images_with_their_reports(trained):
     def recall_at_10() -> float:
         images, texts = project_table(network, test)
         normalize = torch.nn.functional.normalize
-        result = bidirectional_retrieval(normalize(torch.as_tensor(images), dim=-1), normalize(torch.as_tensor(texts), dim=-1), (10,))
+        result = bidirectional_retrieval(
+            normalize(torch.as_tensor(images), dim=-1), normalize(torch.as_tensor(texts), dim=-1), (10,)
+        )
         return (result["image_to_text_R@10"] + result["text_to_image_R@10"]) / 2
 
     before = recall_at_10()
