@@ -131,3 +131,29 @@ def test_multi_gpu_config_with_gradient_cache_on_two_cpu_processes(tmp_path):
     assert (tmp_path / "models" / "model_final.safetensors").is_file()
     assert (tmp_path / "models" / "text_lora" / "adapter_model.safetensors").is_file()
     assert result.stdout.count("Epoch[2] Metrics -- val_zero_shot") >= 1
+
+
+@pytest.mark.slow
+def test_class_name_not_in_the_label_set_is_a_named_error(tmp_path):
+    from common.data.synthetic_cxr import make_synthetic_cxr_dataset
+
+    train = json.loads((ROOT / CONFIGS / "train.json").read_text())
+    manifest = make_synthetic_cxr_dataset(tmp_path / "data", num_samples=20, class_names=train["class_names"])
+    files = ",".join(f"'{CONFIGS}/{c}.json'" for c in ("train", "demo"))
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        f"[{files}]",
+        "--bundle_root",
+        str(tmp_path),
+        "--manifest",
+        str(manifest),
+        "--class_names",
+        "['Edema','Pneumothorax']",
+    ]
+    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode != 0
+    assert "Pneumothorax" in result.stderr and "missing" in result.stderr, result.stderr[-2000:]
