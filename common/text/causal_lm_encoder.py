@@ -52,18 +52,26 @@ def train_bpe_tokenizer(
     When ``save_dir`` already holds a tokenizer it is loaded instead, so training and evaluation share one
     vocabulary; otherwise the trained tokenizer is saved there.
     """
-    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     if save_dir is not None and (Path(save_dir) / "tokenizer.json").is_file():
         return load_tokenizer(save_dir, key="tokenizer_dir")
     texts = [str(t) for t in texts if str(t).strip()]
     if not texts:
         raise ValueError("train_bpe_tokenizer needs at least one non-empty text")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        texts, vocab_size=vocab_size, min_frequency=1, special_tokens=[eos_token], show_progress=False
+    bpe = Tokenizer(models.BPE())  # GPT-2's byte-level BPE, as tokenizers' ByteLevelBPETokenizer sets it up
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=[eos_token],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos_token, pad_token=eos_token)
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos_token, pad_token=eos_token)
     if save_dir is not None:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(str(save_dir))
