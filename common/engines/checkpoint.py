@@ -172,5 +172,8 @@ class SafetensorsSaver:
             header.update(key_metric=self.key_metric, key_metric_value=value)
             logger.info("epoch %d: best %s = %.4f", engine.state.epoch, self.key_metric, value)
         if self._is_writer():
-            save_safetensors(self.state_dict_fn(self.network), self.path, header)
-            logger.info("saved %s", self.path)
+            logger.info("epoch %d: saved %s", engine.state.epoch, self.save(header))
+
+    def save(self, header: Mapping[str, Any]) -> Path:
+        """Write the checkpoint; subclasses that save another format (e.g. a PEFT folder) override this."""
+        return save_safetensors(self.state_dict_fn(self.network), self.path, header)

@@ -8,17 +8,15 @@ adapter file says which base weights it belongs to.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
 from peft import PeftModel
 
 from common.data.atomic_io import atomic_directory
-from common.engines.checkpoint import save_safetensors
+from common.engines.checkpoint import SafetensorsSaver, save_safetensors
 from common.peft.lora import load_lora_folder, lora_state_dict, save_lora_folder
 
 logger = logging.getLogger(__name__)
@@ -82,11 +80,12 @@ def export_merged(model: PeftModel, path: str | Path, metadata: Mapping[str, Any
     return save_safetensors(state, path, {**dict(metadata or {}), "merged_lora": "true"})
 
 
-class BestAdapterSaver:
+class BestAdapterSaver(SafetensorsSaver):
     """Ignite handler: save the adapters when the evaluator's key metric improves (rank 0 only).
 
     Attach to the validation evaluator. With ``key_metric=None`` it saves after every run of the engine it is
-    attached to (e.g. the trainer's ``COMPLETED``).
+    attached to (e.g. the trainer's ``COMPLETED``). Best-tracking and rank handling are
+    :class:`~common.engines.checkpoint.SafetensorsSaver`'s; only the format differs (safetensors + PEFT folder).
     """
 
     def __init__(
@@ -96,28 +95,8 @@ class BestAdapterSaver:
         key_metric: str | None = "val_mean_auroc",
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
+        super().__init__(save_dir, network, file_name=ADAPTER_FOLDER, key_metric=key_metric, metadata=metadata)
         self.save_dir = Path(save_dir)
-        self.network = network
-        self.key_metric = key_metric
-        self.metadata = dict(metadata or {})
-        self.best = -math.inf
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED if self.key_metric else Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        header = {**self.metadata, "epoch": engine.state.epoch}
-        if self.key_metric:
-            value = engine.state.metrics.get(self.key_metric)
-            if value is None:
-                raise KeyError(f"key metric '{self.key_metric}' not computed; metrics: {sorted(engine.state.metrics)}")
-            if math.isnan(value) or value <= self.best:
-                return
-            self.best = value
-            header.update(key_metric=self.key_metric, key_metric_value=value)
-        if (
-            not (torch.distributed.is_available() and torch.distributed.is_initialized())
-            or torch.distributed.get_rank() == 0
-        ):
-            folder = save_adapters(self.network, self.save_dir, header)
-            logger.info("epoch %d: saved adapters to %s", engine.state.epoch, folder)
+    def save(self, header: Mapping[str, Any]) -> Path:
+        return save_adapters(self.network, self.save_dir, header)
