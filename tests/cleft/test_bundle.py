@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bundle_runner import TORCHRUN_2, run_bundle, run_command
 from safetensors import safe_open
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,16 +20,11 @@ CHANCE = 1 / 5
 
 
 def _run(args: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout, check=False)
-    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+    return run_command(args, timeout=timeout)
 
 
 def _bundle_run(root: Path, *configs: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    files = ",".join(f"'{CONFIGS}/{c}.json'" for c in (*configs, "demo"))
-    return _run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"[{files}]", "--bundle_root", str(root), *extra]
-    )
+    return run_bundle("cleft_cxr", (*configs, "demo"), root, *extra)
 
 
 def _metrics(root: Path, name: str) -> dict:
@@ -105,27 +101,19 @@ def test_multi_gpu_config_with_gradient_cache_on_two_cpu_processes(tmp_path):
         image_size=demo["demo_image_size"],
         seed=0,
     )
-    files = ",".join(f"'{CONFIGS}/{c}.json'" for c in ("train", "multi_gpu_train", "demo"))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = _run(
-        [
-            *torchrun,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            f"[{files}]",
-            "--bundle_root",
-            str(tmp_path),
-            "--num_epochs",
-            "2",
-            "--dist_backend",
-            "gloo",
-            "--gradient_cache_chunk_size",
-            "8",
-            "--batch_size",
-            "16",
-        ]
+    result = run_bundle(
+        "cleft_cxr",
+        ("train", "multi_gpu_train", "demo"),
+        tmp_path,
+        "--num_epochs",
+        "2",
+        "--dist_backend",
+        "gloo",
+        "--gradient_cache_chunk_size",
+        "8",
+        "--batch_size",
+        "16",
+        launcher=TORCHRUN_2,
     )
     assert (tmp_path / "models" / "model.safetensors").is_file()
     assert (tmp_path / "models" / "model_final.safetensors").is_file()

@@ -8,25 +8,14 @@ of each overlay flow through stage-1 training and zero-shot evaluation and learn
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = "bundles/cleft_cxr/configs"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+from bundle_runner import run_bundle
 
 
 def _run(root: Path, *configs: str) -> None:
-    files = ",".join(f"'{CONFIGS}/{c}.json'" for c in configs)
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"[{files}]", "--bundle_root", str(root)]
-    result = subprocess.run(
-        [*args, "--num_epochs", "4"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_bundle("cleft_cxr", configs, root, "--num_epochs", "4")
 
 
 @pytest.mark.slow

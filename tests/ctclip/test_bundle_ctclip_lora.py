@@ -9,27 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from bundle_runner import TORCHRUN_2, run_bundle
 
 CONFIGS = Path("bundles/ctclip_lora/configs")
 
 
 def _run(repo_root: Path, bundle_root: Path, configs: list[str], *overrides: str) -> subprocess.CompletedProcess:
-    files = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs) + "]"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        files,
-        "--bundle_root",
-        str(bundle_root),
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return run_bundle("ctclip_lora", configs, bundle_root, *overrides)
 
 
 @pytest.mark.slow
@@ -113,7 +99,7 @@ def test_evaluation_names_a_missing_label_column(repo_root, tmp_path):
         "--class_names",
         json.dumps(["Lung nodule", "Pleural effusion"]),
         "--evaluate#rows",
-        "$common.data.manifest.load_manifest(@manifest, @dataset_dir, split='test', label_columns=['Lung nodule', 'Hiatal hernia'])",
+        "$common.data.manifest.load_manifest(@manifest, @dataset_dir, split='test', label_columns=['Lung nodule', 'Hiatal hernia'])",  # noqa: E501
     ]
     result = subprocess.run(
         cmd,
@@ -130,33 +116,17 @@ def test_evaluation_names_a_missing_label_column(repo_root, tmp_path):
 
 @pytest.mark.slow
 def test_multi_gpu_overlay_runs_with_two_gloo_processes(repo_root, tmp_path):
-    from common.data.synthetic_ct import DEMO_PATHOLOGIES, make_synthetic_ct_dataset
-
     bundle = tmp_path / "ctclip_lora"
-    # generate the demo data once, so the two ranks do not write the same files at the same time
-    make_synthetic_ct_dataset(
-        bundle / "demo_data", num_samples=60, class_names=DEMO_PATHOLOGIES, shape=(32, 32, 24), seed=0
-    )
-    files = "[" + ",".join(f"'{CONFIGS / c}'" for c in ["train.json", "demo.json", "multi_gpu_train.json"]) + "]"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        files,
-        "--bundle_root",
-        str(bundle),
+    # the demo data are written by rank 0 while rank 1 waits (common.data.distributed.rank_zero_first)
+    result = run_bundle(
+        "ctclip_lora",
+        ["train", "demo", "multi_gpu_train"],
+        bundle,
         "--demo_num_samples",
         "60",
         "--num_epochs",
         "2",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        launcher=TORCHRUN_2,
+    )
     assert (bundle / "models" / "adapters" / "adapter_config.json").is_file()
     assert result.stdout.count("trainable params") == 2  # one summary per rank

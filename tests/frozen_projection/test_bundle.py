@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bundle_runner import TORCHRUN_2, run_bundle
 from safetensors import safe_open
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = "bundles/frozen_projection/configs"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
 
 
 def _bundle_run(root: Path, *configs: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    files = ",".join(f"'{CONFIGS}/{c}.json'" for c in (*configs, "demo"))
-    return _run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"[{files}]", "--bundle_root", str(root), *extra]
-    )
+    return run_bundle("frozen_projection", (*configs, "demo"), root, *extra)
 
 
 @pytest.mark.slow
@@ -59,21 +45,8 @@ def test_train_evaluate_inference_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path):
-    files = ",".join(f"'{CONFIGS}/{c}.json'" for c in ("train", "multi_gpu_train", "demo"))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = _run(
-        [
-            *torchrun,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            f"[{files}]",
-            "--bundle_root",
-            str(tmp_path),
-            "--num_epochs",
-            "2",
-        ]
+    result = run_bundle(
+        "frozen_projection", ("train", "multi_gpu_train", "demo"), tmp_path, "--num_epochs", "2", launcher=TORCHRUN_2
     )
     assert (tmp_path / "models" / "model.safetensors").is_file()
     assert (tmp_path / "models" / "model_final.safetensors").is_file()

@@ -7,35 +7,19 @@ Each stage runs as ``python -m monai.bundle run`` in a subprocess with ``--bundl
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bundle_runner import TORCHRUN_2, run_bundle
 from safetensors import safe_open
 
 CONFIGS = "bundles/report_gen/configs"
 
 
 def _run(
-    repo_root: Path, configs: list[str], bundle_root: Path, *overrides: str, module: list[str] | None = None
+    repo_root: Path, configs: list[str], bundle_root: Path, *overrides: str, launcher: tuple[str, ...] = ()
 ) -> None:
-    files = "[" + ",".join(f"'{CONFIGS}/{name}'" for name in configs) + "]"
-    command = [
-        *(module or [sys.executable, "-m"]),
-        "monai.bundle",
-        "run",
-        "--config_file",
-        files,
-        "--bundle_root",
-        str(bundle_root),
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    run_bundle("report_gen", configs, bundle_root, *overrides, launcher=launcher)
 
 
 def _metrics(path: Path) -> dict:
@@ -133,7 +117,6 @@ def test_reloaded_checkpoint_generates_what_the_trained_model_generated(repo_roo
 
 @pytest.mark.slow
 def test_multi_gpu_configs_run_with_two_cpu_processes(repo_root, trained_demo):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29637", "-m"]
     _run(
         repo_root,
         ["train.json", "demo.json", "multi_gpu_train.json"],
@@ -144,14 +127,14 @@ def test_multi_gpu_configs_run_with_two_cpu_processes(repo_root, trained_demo):
         "1",
         "--ckpt_dir",
         str(trained_demo / "models" / "ddp"),
-        module=torchrun,
+        launcher=TORCHRUN_2,
     )
     assert (trained_demo / "models" / "ddp" / "projector.safetensors").is_file()
     metrics = _metrics(trained_demo / "eval" / "val_generated_stage1_metrics.json")
     assert metrics["num_reports"] == 32  # both ranks' halves gathered
     # two-process evaluation of the stage-2 checkpoint gives the single-process reports
     _run(repo_root, ["train.json", "evaluate.json", "multi_gpu_evaluate.json", "demo.json"], trained_demo,
-         "--eval_name", "ddp", module=torchrun)  # fmt: skip
+         "--eval_name", "ddp", launcher=TORCHRUN_2)  # fmt: skip
     two_ranks = {r["id"]: r["generated"] for r in _records(trained_demo / "eval" / "test_generated_ddp.jsonl")}
     one_rank = {r["id"]: r["generated"] for r in _records(trained_demo / "eval" / "test_generated_stage2.jsonl")}
     assert two_ranks == one_rank
