@@ -1,4 +1,5 @@
-"""Tiny CLEFT configs and texts shared by the cleft tests (imported as a module; pytest puts this folder on sys.path)."""
+"""Tiny CLEFT configs and texts shared by the cleft tests (imported as a module; pytest puts this folder on
+sys.path)."""
 
 from __future__ import annotations
 

@@ -182,7 +182,7 @@ def test_checkpoint_holds_only_trained_weights_and_reloads_to_identical_generati
 ):
     model = configure_stage(tiny_generator(word_tokenizer), stage=2, lora_rank=4, lora_targets=["c_attn"])
     with torch.no_grad():  # LoRA B starts at zero: move it so that the adapters change the outputs
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.add_(0.3 * torch.randn_like(param))
     model.eval()
