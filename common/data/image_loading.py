@@ -16,8 +16,9 @@ data (see ../shared/data/README.md):
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Hashable, Mapping
+from typing import Hashable, Iterator, Mapping
 
 import pydicom
 import torch
@@ -56,6 +57,26 @@ def describe_source(data: Mapping | None, key: str) -> str:
     return f"field '{key}'"
 
 
+@contextmanager
+def _reader_errors_named(path: Path, source: str, kind: str) -> Iterator[None]:
+    """Re-raise whatever a reader throws on a corrupt file as a ValueError naming the file and the manifest field."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"could not read {kind} {path} ({source}): {err}") from err
+    except Exception as err:  # readers raise many types on corrupt files; name the file whatever it was
+        raise ValueError(f"could not read {kind} {path} ({source}): {type(err).__name__}: {err}") from err
+
+
+def _check_finite(array: torch.Tensor, path: Path, source: str, kind: str) -> None:
+    if not torch.isfinite(array).all():
+        raise ValueError(f"{kind} {path} ({source}) holds NaN or infinite values")
+
+
 class LoadRadiograph:
     """Load a 2D radiograph (PNG/JPG or single-frame DICOM) as a float (1, H, W) MetaTensor in display orientation.
 
@@ -75,7 +96,7 @@ class LoadRadiograph:
         if not path.exists():
             raise FileNotFoundError(f"image file not found: {path} ({source})")
         suffix = path.suffix.lower()
-        try:
+        with _reader_errors_named(path, source, "image"):
             if suffix in _PIL_SUFFIXES:
                 image = self._load_pil(path)
             elif is_dicom_path(path) and path.is_file():
@@ -84,18 +105,11 @@ class LoadRadiograph:
                 raise ValueError(
                     f"unsupported radiograph file type '{suffix or path.name}' (PNG, JPG or DICOM expected)"
                 )
-        except (FileNotFoundError, ValueError) as err:
-            if str(path) in str(err):
-                raise
-            raise ValueError(f"could not read image {path} ({source}): {err}") from err
-        except Exception as err:  # readers raise many types on corrupt files; name the file whatever it was
-            raise ValueError(f"could not read image {path} ({source}): {type(err).__name__}: {err}") from err
         if image.ndim != 3 or image.shape[0] != 1:
             raise ValueError(
                 f"image {path} ({source}) is not a 2D radiograph: loaded shape {tuple(image.shape)}, expected (1, H, W)"
             )
-        if not torch.isfinite(image).all():
-            raise ValueError(f"image {path} ({source}) holds NaN or infinite values")
+        _check_finite(image, path, source, "image")
         return image
 
     def _load_pil(self, path: Path) -> MetaTensor:
@@ -158,25 +172,18 @@ class LoadVolume:
         if not path.exists():
             raise FileNotFoundError(f"volume not found: {path} ({source})")
         name = path.name.lower()
-        try:
+        with _reader_errors_named(path, source, "volume"):
             if name.endswith(_NIFTI_SUFFIXES):
                 volume = self._nifti(str(path))
             elif is_dicom_path(path):
                 volume = self._dicom(str(path))
             else:
                 raise ValueError(f"unsupported volume type '{path.name}' (NIfTI file or DICOM folder expected)")
-        except ValueError as err:
-            if str(path) in str(err):
-                raise
-            raise ValueError(f"could not read volume {path} ({source}): {err}") from err
-        except Exception as err:
-            raise ValueError(f"could not read volume {path} ({source}): {type(err).__name__}: {err}") from err
         if volume.ndim != 4:
             raise ValueError(
                 f"volume {path} ({source}) has shape {tuple(volume.shape)}; expected (1, X, Y, Z) for a 3D image"
             )
-        if not torch.isfinite(volume).all():
-            raise ValueError(f"volume {path} ({source}) holds NaN or infinite values")
+        _check_finite(volume, path, source, "volume")
         return volume.float()
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..data.report_cleaning import CLEANING_VERSION, clean_report
-from ..weights.fingerprint import state_dict_fingerprint
+from ..weights.fingerprint import FrozenModelIdentity
 from ..weights.hf_loading import load_or_build_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooli
     raise ValueError(f"text pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
-class FrozenTextEncoder(nn.Module):
+class FrozenTextEncoder(FrozenModelIdentity, nn.Module):
     """Frozen text encoder with its tokenizer and report cleaning.
 
     Args:
@@ -80,20 +80,13 @@ class FrozenTextEncoder(nn.Module):
         self.report_sections = list(report_sections) if report_sections else None
         self.lowercase = lowercase
         self.name_or_path = model_path or f"config:{self.model.config.model_type}"
-        self._fingerprint: str | None = None
-
-    @property
-    def output_dim(self) -> int:
-        return int(self.model.config.hidden_size)
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the embedding of a given report: part of the cache key."""
-        if self._fingerprint is None:
-            self._fingerprint = state_dict_fingerprint(self.model)
         return {
             "kind": "text",
             "model": self.name_or_path,
-            "weights_sha256": self._fingerprint,
+            "weights_sha256": self.weights_sha256,
             "tokenizer": type(self.tokenizer).__name__,
             "vocab_size": len(self.tokenizer),
             "pooling": self.pooling,

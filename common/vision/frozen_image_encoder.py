@@ -17,7 +17,7 @@ from monai.transforms import Compose, NormalizeIntensityd, RepeatChanneld, Resiz
 from torch import nn
 
 from ..data.image_loading import LoadRadiographd
-from ..weights.fingerprint import state_dict_fingerprint
+from ..weights.fingerprint import FrozenModelIdentity
 from ..weights.hf_loading import load_or_build_model
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ __all__ = ["FrozenImageEncoder", "IMAGE_POOLINGS"]
 IMAGE_POOLINGS = ("cls", "mean", "pooler")
 
 
-class FrozenImageEncoder(nn.Module):
+class FrozenImageEncoder(FrozenModelIdentity, nn.Module):
     """Frozen 2D image encoder.
 
     Args:
@@ -74,20 +74,13 @@ class FrozenImageEncoder(nn.Module):
                 ),
             ]
         )
-        self._fingerprint: str | None = None
-
-    @property
-    def output_dim(self) -> int:
-        return int(self.model.config.hidden_size)
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the embedding of a given image file: part of the cache key."""
-        if self._fingerprint is None:
-            self._fingerprint = state_dict_fingerprint(self.model)
         return {
             "kind": "image",
             "model": self.name_or_path,
-            "weights_sha256": self._fingerprint,
+            "weights_sha256": self.weights_sha256,
             "pooling": self.pooling,
             "preprocessing": {
                 "loader": "LoadRadiographd(pydicom|PIL, MONOCHROME1 inverted, RGB reduced)",

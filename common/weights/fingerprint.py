@@ -6,7 +6,7 @@ import hashlib
 
 import torch
 
-__all__ = ["state_dict_fingerprint"]
+__all__ = ["state_dict_fingerprint", "FrozenModelIdentity"]
 
 
 def state_dict_fingerprint(module: torch.nn.Module) -> str:
@@ -24,3 +24,20 @@ def state_dict_fingerprint(module: torch.nn.Module) -> str:
                 tensor.view(torch.uint8).numpy().tobytes() if tensor.dtype != torch.bool else tensor.numpy().tobytes()
             )
     return digest.hexdigest()
+
+
+class FrozenModelIdentity:
+    """Mixin for frozen encoders that wrap a Hugging Face model as ``self.model``: its width and its weight
+    fingerprint, computed once (the weights do not change while frozen)."""
+
+    model: torch.nn.Module
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def weights_sha256(self) -> str:
+        if getattr(self, "_weights_sha256", None) is None:
+            self._weights_sha256 = state_dict_fingerprint(self.model)
+        return self._weights_sha256
