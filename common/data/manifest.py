@@ -143,7 +143,12 @@ def load_manifest(
         ``row`` (1-based) and ``manifest`` used in later error messages.
     """
     path = Path(path)
-    if not path.is_file() and dataset_dir is not None and (Path(dataset_dir) / path).is_file():
+    if not path.is_file() and dataset_dir is not None:
+        if not (Path(dataset_dir) / path).is_file():
+            raise FileNotFoundError(
+                f"manifest not found: {path} (nor {Path(dataset_dir) / path}); "
+                "set dataset_dir and manifest to your data"
+            )
         path = Path(dataset_dir) / path
     root = Path(dataset_dir) if dataset_dir else path.parent
     raw_rows = read_manifest_rows(path)

@@ -119,3 +119,8 @@ def test_patient_splits_are_stable_and_patient_level():
     assert all(len(s) == 1 for s in by_patient.values())
     counts = {s: sum(r["split"] == s for r in first) for s in ("train", "val", "test")}
     assert counts["train"] > counts["val"] > 0 and counts["test"] > 0
+
+
+def test_missing_manifest_names_both_places_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"manifest not found: m.csv \(nor .*/data/m.csv\); set dataset_dir"):
+        load_manifest("m.csv", tmp_path / "data")
