@@ -62,10 +62,10 @@ def _step(mode: str, batch_size: int, chunk_size: int, grads_out: str) -> dict:
     from monai.engines import SupervisedTrainer
     from safetensors.torch import save_file
 
-    from common.engines.cleft_losses import CLEFTContrastiveLoss
-    from common.engines.cleft_prepare_batch import CLEFTPrepareBatch
     from common.engines.gradient_cache import GradientCacheIteration
-    from common.models.cleft import CLEFT
+    from common.methods.cleft.losses import CLEFTContrastiveLoss
+    from common.methods.cleft.model import CLEFT
+    from common.methods.cleft.prepare_batch import CLEFTPrepareBatch
     from common.text.causal_lm_encoder import CausalLMEncoder, train_bpe_tokenizer
     from common.vision.dinov2_encoder import DINOv2Encoder
 

@@ -38,8 +38,8 @@ def measure(lora: bool, checkpointing: bool, args: argparse.Namespace) -> dict:
     import torch
     from transformers import BertConfig, BertModel
 
-    from common.engines.ctclip_training import CTCLIPLoss, apply_ctclip_lora
-    from common.models.ctclip import CTCLIP
+    from common.methods.ctclip.model import CTCLIP
+    from common.methods.ctclip.training import CTCLIPLoss, apply_ctclip_lora
     from common.peft.lora import parameter_summary
     from common.vision.ctvit import CTViT
 
@@ -122,7 +122,7 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from common.engines.ctclip_zero_shot import atomic_write_bytes
+    from common.methods.ctclip.zero_shot import atomic_write_bytes
 
     rows = []
     for config in tqdm(CONFIGS, desc="configurations"):

@@ -3,7 +3,7 @@
 Official procedure (``scripts/zero_shot.py`` of CT-CLIP): for every volume and every pathology, tokenise the
 pair "X is present." / "X is not present." padded to 512 tokens and call ``CTCLIP.forward(text, volume)``, which
 re-encodes the volume each time (18 image passes per volume for 18 pathologies). Ours
-(:class:`common.engines.ctclip_zero_shot.ZeroShotIteration`): encode each volume once and the 36 prompts once
+(:class:`common.methods.ctclip.zero_shot.ZeroShotIteration`): encode each volume once and the 36 prompts once
 per evaluation run, padded to the longest prompt. Both score with the same softmax over the pair; the script
 checks that the probabilities agree and writes the time ratio measured in this one run.
 
@@ -25,10 +25,10 @@ import torch
 from tqdm import tqdm
 from transformers import BertConfig, BertModel
 
-from common.engines.ctclip_training import build_prompts
-from common.engines.ctclip_zero_shot import atomic_write_bytes
+from common.methods.ctclip.model import CTCLIP, zero_shot_probabilities
+from common.methods.ctclip.training import build_prompts
+from common.methods.ctclip.zero_shot import atomic_write_bytes
 from common.metrics.zero_shot import CT_RATE_PATHOLOGIES
-from common.models.ctclip import CTCLIP, zero_shot_probabilities
 from common.vision.ctvit import CTViT
 from common.weights.hf_loading import load_tokenizer
 

@@ -33,9 +33,9 @@ def bench_epoch(work: Path) -> dict:
 
     from common.data.manifest import load_manifest
     from common.data.synthetic_cxr import make_synthetic_cxr_dataset
-    from common.engines.embedding_extraction import build_embedding_table
     from common.losses.projection_objective import ProjectionObjective
-    from common.models.projection_heads import DualProjectionModel
+    from common.methods.projection.embedding_extraction import build_embedding_table
+    from common.methods.projection.heads import DualProjectionModel
     from common.text.frozen_text_encoder import FrozenTextEncoder
     from common.vision.frozen_image_encoder import FrozenImageEncoder
 

@@ -27,8 +27,8 @@ import torch
 from tqdm import tqdm
 
 from common.data.report_tokenization import IGNORE_INDEX
-from common.engines.report_gen_stages import configure_stage
-from common.models.report_generator import ReportGenerator
+from common.methods.report_gen.model import ReportGenerator
+from common.methods.report_gen.stages import configure_stage
 from common.peft.lora import parameter_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,7 +1,8 @@
 """Shared library of the medical vision-language MONAI Bundles.
 
-Leaves: ``data``, ``text``, ``vision``, ``peft``, ``losses``, ``metrics``, ``weights``; ``models`` composes them;
-``engines`` drives models; the bundles under ``bundles/`` wire everything in JSON.
+Leaves: ``data``, ``text``, ``vision``, ``peft``, ``losses``, ``metrics``, ``weights``; ``engines`` holds what every
+method uses (checkpoint handler, gradient cache, gathers, writers); ``methods/<method>`` composes them for one method;
+the bundles under ``bundles/`` wire everything in JSON.
 """
 
 from __future__ import annotations
@@ -9,6 +10,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-from ._lazy import lazy_submodules
+from common._lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__)

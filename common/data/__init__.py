@@ -1,5 +1,5 @@
 """Manifests, image loading, report cleaning, embedding cache, synthetic demo data."""
 
-from .._lazy import lazy_submodules
+from common._lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__)

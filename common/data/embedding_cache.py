@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .atomic_io import atomic_path, write_text_atomic
+from common.data.atomic_io import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .report_cleaning import clean_report
+from common.data.report_cleaning import clean_report
 
 logger = logging.getLogger(__name__)
 

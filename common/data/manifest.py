@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .atomic_io import atomic_path
+from common.data.atomic_io import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .distributed import rank_zero_first
-from .manifest import assign_patient_splits, write_manifest
+from common.data.distributed import rank_zero_first
+from common.data.manifest import assign_patient_splits, write_manifest
 
 logger = logging.getLogger(__name__)
 

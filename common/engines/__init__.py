@@ -1,5 +1,5 @@
-"""prepare_batch callables, Ignite handlers, extraction, evaluation and inference drivers."""
+"""What every method uses: the checkpoint handler, prepare_batch, the gradient cache, cross-rank gathers, writers."""
 
-from .._lazy import lazy_submodules
+from common._lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__)

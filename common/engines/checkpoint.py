@@ -17,7 +17,7 @@ from ignite.engine import Engine, Events
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..data.atomic_io import atomic_path
+from common.data.atomic_io import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .clip_loss import ClipLoss
-from .pairwise_sigmoid import LabelAwarePairwiseSigmoidLoss
+from common.losses.clip_loss import ClipLoss
+from common.losses.pairwise_sigmoid import LabelAwarePairwiseSigmoidLoss
 
 __all__ = ["ProjectionObjective", "OBJECTIVES"]
 
@@ -22,7 +22,7 @@ OBJECTIVES = ("label_pairwise", "clip", "both")
 
 
 class ProjectionObjective(nn.Module):
-    """Loss over the output dict of :class:`~common.models.projection_heads.DualProjectionModel`.
+    """Loss over the output dict of :class:`~common.methods.projection.heads.DualProjectionModel`.
 
     Args:
         objective: ``label_pairwise``, ``clip`` or ``both``.

@@ -1,5 +1,5 @@
 """Classification, retrieval, zero-shot and report-generation metrics."""
 
-from .._lazy import lazy_submodules
+from common._lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__)

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .classification import safe_roc_auc
-from .retrieval import retrieval_recall_at_k
+from common.metrics.classification import safe_roc_auc
+from common.metrics.retrieval import retrieval_recall_at_k
 
 __all__ = ["pair_auroc", "mean_recall_at_1"]
 

@@ -1,5 +1,5 @@
 """LoRA application (PEFT), learnable context prompts, soft visual prompts."""
 
-from .._lazy import lazy_submodules
+from common._lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__)

@@ -1,5 +1,5 @@
 """Text encoders: frozen sentence encoders, causal-LLM sentence encoder, BERT encoder."""
 
-from .._lazy import lazy_submodules
+from common._lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__)

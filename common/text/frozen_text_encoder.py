@@ -12,9 +12,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..data.report_cleaning import CLEANING_VERSION, clean_report
-from ..weights.fingerprint import FrozenModelIdentity
-from ..weights.hf_loading import load_or_build_model, load_tokenizer
+from common.data.report_cleaning import CLEANING_VERSION, clean_report
+from common.weights.fingerprint import FrozenModelIdentity
+from common.weights.hf_loading import load_or_build_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
 

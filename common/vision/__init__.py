@@ -1,5 +1,5 @@
 """Image encoders: frozen HF image encoders, DINOv2 wrappers, CTViT (3D, CT-CLIP compatible)."""
 
-from .._lazy import lazy_submodules
+from common._lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__)

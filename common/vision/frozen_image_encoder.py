@@ -16,9 +16,9 @@ import torch
 from monai.transforms import Compose, NormalizeIntensityd, RepeatChanneld, Resized, ScaleIntensityd
 from torch import nn
 
-from ..data.image_loading import LoadRadiographd
-from ..weights.fingerprint import FrozenModelIdentity
-from ..weights.hf_loading import load_or_build_model
+from common.data.image_loading import LoadRadiographd
+from common.weights.fingerprint import FrozenModelIdentity
+from common.weights.hf_loading import load_or_build_model
 
 logger = logging.getLogger(__name__)
 

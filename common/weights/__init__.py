@@ -1,5 +1,5 @@
 """Loading real checkpoints safely: HF folders, official checkpoints, fingerprints."""
 
-from .._lazy import lazy_submodules
+from common._lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__)

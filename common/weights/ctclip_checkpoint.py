@@ -82,7 +82,7 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
 def load_ctclip_checkpoint(
     model: nn.Module, checkpoint: str | Path | Mapping[str, torch.Tensor], assign: bool = False
 ) -> nn.Module:
-    """Load the official CT-CLIP weights into ``model`` (a :class:`~common.models.ctclip.CTCLIP`) strictly.
+    """Load the official CT-CLIP weights into ``model`` (a :class:`~common.methods.ctclip.model.CTCLIP`) strictly.
 
     Args:
         model: the CT-CLIP model, built with ``keep_unused=True`` (the checkpoint holds the unused copies).

@@ -41,7 +41,7 @@ def tiny_cleft(tokenizer, lora_dropout: float = 0.0, seed: int = 0, max_length: 
     """A tiny CLEFT (2-layer DINOv2 with registers at 28x28, 2-layer GPT-2 with LoRA) with fixed random weights."""
     import torch
 
-    from common.models.cleft import CLEFT
+    from common.methods.cleft.model import CLEFT
     from common.text.causal_lm_encoder import CausalLMEncoder
     from common.vision.dinov2_encoder import DINOv2Encoder
 

@@ -7,9 +7,9 @@ import torch
 from cleft_tiny import CLASS_NAMES, TEMPLATE, tiny_cleft
 
 from common.engines.checkpoint import load_trained_weights, save_safetensors, trained_state_dict
-from common.engines.cleft_losses import PromptClassificationLoss
-from common.engines.cleft_prepare_batch import CLEFTPrepareBatch, label_matrix
-from common.models.cleft import CLEFTClassifier
+from common.methods.cleft.losses import PromptClassificationLoss
+from common.methods.cleft.model import CLEFTClassifier
+from common.methods.cleft.prepare_batch import CLEFTPrepareBatch, label_matrix
 from common.peft.context_prompt import ContextPrompt
 from common.peft.lora import load_lora_folder, save_lora_folder
 

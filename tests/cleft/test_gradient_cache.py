@@ -9,9 +9,9 @@ import torch
 from cleft_tiny import CLASS_NAMES, TEMPLATE, tiny_cleft
 from monai.engines import SupervisedTrainer
 
-from common.engines.cleft_losses import CLEFTContrastiveLoss
-from common.engines.cleft_prepare_batch import CLEFTPrepareBatch
 from common.engines.gradient_cache import GradientCacheIteration, split_batch
+from common.methods.cleft.losses import CLEFTContrastiveLoss
+from common.methods.cleft.prepare_batch import CLEFTPrepareBatch
 
 BATCH = 8
 

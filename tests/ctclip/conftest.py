@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.models.ctclip import CTCLIP
+from common.methods.ctclip.model import CTCLIP
 
 
 @pytest.fixture(scope="session")

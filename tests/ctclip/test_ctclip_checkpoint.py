@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from common.models.ctclip import CTCLIP, CXR_BERT_CONFIG
+from common.methods.ctclip.model import CTCLIP, CXR_BERT_CONFIG
 from common.vision.ctvit import FULL_CTVIT_CONFIG, CTViT
 from common.weights.ctclip_checkpoint import load_ctclip_checkpoint, read_state_dict
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from common.engines.ctclip_training import CTCLIPLoss, apply_ctclip_lora
-from common.models.ctclip import CTCLIP, CXR_BERT_CONFIG
+from common.methods.ctclip.model import CTCLIP, CXR_BERT_CONFIG
+from common.methods.ctclip.training import CTCLIPLoss, apply_ctclip_lora
 from common.peft.lora import load_lora_folder, lora_state_dict, parameter_summary, save_lora_folder
 from common.vision.ctvit import FULL_CTVIT_CONFIG, CTViT
 
@@ -91,7 +91,7 @@ def test_unknown_target_is_named(tiny_ctclip):
 
 
 def test_merged_export_reproduces_adapted_outputs(tmp_path, tiny_ctclip, reference_config, expected, reference_volume):
-    from common.engines.ctclip_adapters import export_merged
+    from common.methods.ctclip.adapters import export_merged
     from common.weights.ctclip_checkpoint import load_ctclip_checkpoint
 
     model = apply_ctclip_lora(copy.deepcopy(tiny_ctclip), rank=4, alpha=8).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from common.losses.clip_loss import ClipLoss
-from common.models.ctclip import zero_shot_probabilities
+from common.methods.ctclip.model import zero_shot_probabilities
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from common.engines.ctclip_training import CTCLIPLoss, CTCLIPPrepareBatch, build_prompts
-from common.engines.ctclip_zero_shot import (
+from common.methods.ctclip.training import CTCLIPLoss, CTCLIPPrepareBatch, build_prompts
+from common.methods.ctclip.zero_shot import (
     ZeroShotEvalWriter,
     ZeroShotIteration,
     atomic_write_bytes,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.engines.embedding_extraction import BadRowError, extract_embeddings
+from common.methods.projection.embedding_extraction import BadRowError, extract_embeddings
 
 
 def _counting(encoder):

@@ -12,10 +12,10 @@ from monai.bundle import ConfigParser
 from safetensors.torch import save_file
 
 from common.engines.checkpoint import load_trained_weights
-from common.engines.downstream_evaluation import project_table
-from common.engines.projection_inference import load_ready_embeddings
+from common.methods.projection.downstream_evaluation import project_table
+from common.methods.projection.heads import DualProjectionModel, ProjectionHead
+from common.methods.projection.inference import load_ready_embeddings
 from common.metrics.embedding_quality import pair_auroc
-from common.models.projection_heads import DualProjectionModel, ProjectionHead
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "frozen_projection"
 

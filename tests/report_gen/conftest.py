@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.data.report_tokenization import ReportCollator, build_word_level_tokenizer
-from common.models.report_generator import ReportGenerator
+from common.methods.report_gen.model import ReportGenerator
 from common.peft.soft_visual_prompt import PromptTemplate
 
 REPORTS = [

@@ -6,8 +6,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from common.engines.report_gen_stages import configure_stage, trainable_parameter_names
-from common.models.report_generator import ReportGenerator
+from common.methods.report_gen.model import ReportGenerator
+from common.methods.report_gen.stages import configure_stage, trainable_parameter_names
 from common.vision.hf_vision_encoder import HFVisionEncoder
 
 LLAMA = {

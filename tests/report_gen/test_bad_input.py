@@ -9,7 +9,7 @@ from PIL import Image
 
 from common.data.image_loading import LoadRadiographd
 from common.data.manifest import ManifestError, write_manifest
-from common.engines.report_gen_data import load_report_rows, make_collators
+from common.methods.report_gen.data import load_report_rows, make_collators
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def test_demo_bleu4_after_two_stages_is_clearly_above_the_untrained_model(traine
     # it reads the images: it beats writing the most common training report for every test study
     from collections import Counter
 
-    from common.engines.report_gen_data import load_report_rows
+    from common.methods.report_gen.data import load_report_rows
     from common.metrics.nlg import nlg_metrics
 
     manifest = trained_demo / "demo_data" / "manifest.csv"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from common.engines.report_gen_checkpoint import load_report_gen_checkpoint
-from common.engines.report_gen_export import export_merged
-from common.engines.report_gen_stages import configure_stage
-from common.models.report_generator import ReportGenerator
+from common.methods.report_gen.checkpoint import load_report_gen_checkpoint
+from common.methods.report_gen.export import export_merged
+from common.methods.report_gen.model import ReportGenerator
+from common.methods.report_gen.stages import configure_stage
 
 from .conftest import tiny_generator
 

@@ -67,7 +67,7 @@ def test_real_reports_flow_through_cleaning_and_collate(iu_dir, tmp_path):
     import torch
 
     from common.data.report_tokenization import build_word_level_tokenizer
-    from common.engines.report_gen_data import load_report_rows, make_collators
+    from common.methods.report_gen.data import load_report_rows, make_collators
 
     rows = iu_xray_manifest_rows(read_iu_xray_reports(iu_dir / "ecgen-radiology"), placeholder=None)
     loaded = load_report_rows(write_manifest(rows, tmp_path / "iu.csv"), tmp_path, check_files=False, placeholder=None)

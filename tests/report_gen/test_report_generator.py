@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from common.data.report_tokenization import IGNORE_INDEX, ReportCollator
-from common.engines.report_gen_checkpoint import load_report_gen_checkpoint, save_report_gen_checkpoint
-from common.engines.report_gen_stages import configure_stage, trainable_parameter_names
+from common.methods.report_gen.checkpoint import load_report_gen_checkpoint, save_report_gen_checkpoint
+from common.methods.report_gen.stages import configure_stage, trainable_parameter_names
 from common.peft.soft_visual_prompt import (
     PromptTemplate,
     VisualProjector,
@@ -260,7 +260,7 @@ def test_nearest_vocabulary_tokens_finds_the_embedding_a_prompt_copies():
 def test_checkpoint_saver_keeps_the_best_validated_epoch(word_tokenizer, tmp_path):
     from ignite.engine import Engine, Events
 
-    from common.engines.report_gen_checkpoint import ReportGenCheckpointSaver
+    from common.methods.report_gen.checkpoint import ReportGenCheckpointSaver
 
     model = configure_stage(tiny_generator(word_tokenizer), stage=1)
     scores = iter([0.1, 0.3, 0.2])

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from common.engines.checkpoint import load_trained_weights, unwrap
-from common.models.cleft import CLEFTClassifier
+from common.methods.cleft.model import CLEFTClassifier
 from common.peft.context_prompt import ContextPrompt
 from common.peft.lora import save_lora_folder
 

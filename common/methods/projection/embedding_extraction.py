@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.distributed import get_rank, rank_zero_first
-from ..data.embedding_cache import EmbeddingCache, hash_file_content, hash_text
-from ..data.image_loading import describe_source
+from common.data.distributed import get_rank, rank_zero_first
+from common.data.embedding_cache import EmbeddingCache, hash_file_content, hash_text
+from common.data.image_loading import describe_source
 
 logger = logging.getLogger(__name__)
 

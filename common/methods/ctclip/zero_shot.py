@@ -35,11 +35,11 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 
 from common.data.atomic_io import atomic_path
-from common.engines.ctclip_training import CTCLIPPrepareBatch, build_prompts
+from common.methods.ctclip.model import zero_shot_probabilities
+from common.methods.ctclip.training import CTCLIPPrepareBatch, build_prompts
 from common.metrics.classification import safe_roc_auc
 from common.metrics.retrieval import retrieval_recall_at_k
 from common.metrics.zero_shot import zero_shot_report
-from common.models.ctclip import zero_shot_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class ZeroShotIteration:
     """``iteration_update`` for a MONAI ``SupervisedEvaluator``: one image pass per volume.
 
     Args:
-        prepare_batch: a :class:`~common.engines.ctclip_training.CTCLIPPrepareBatch` (tokenizer, label
+        prepare_batch: a :class:`~common.methods.ctclip.training.CTCLIPPrepareBatch` (tokenizer, label
             columns); its ``with_reports`` decides whether report latents are computed (retrieval).
         class_names: the pathologies to score (any names: open vocabulary).
         present_template, absent_template: the prompt pair.

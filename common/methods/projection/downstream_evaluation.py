@@ -26,11 +26,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..data.atomic_io import atomic_path, write_json_atomic
-from ..metrics.classification import classification_metrics
-from ..metrics.embedding_quality import pair_auroc
-from ..metrics.retrieval import bidirectional_retrieval
-from .checkpoint import unwrap
+from common.data.atomic_io import atomic_path, write_json_atomic
+from common.engines.checkpoint import unwrap
+from common.metrics.classification import classification_metrics
+from common.metrics.embedding_quality import pair_auroc
+from common.metrics.retrieval import bidirectional_retrieval
 
 logger = logging.getLogger(__name__)
 

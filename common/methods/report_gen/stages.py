@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from common.models.report_generator import ReportGenerator
+from common.methods.report_gen.model import ReportGenerator
 from common.peft.lora import apply_lora, parameter_summary
 
 logger = logging.getLogger(__name__)

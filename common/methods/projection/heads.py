@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..losses.clip_loss import LogitScale
+from common.losses.clip_loss import LogitScale
 
 __all__ = ["ProjectionHead", "DualProjectionModel"]
 

@@ -23,7 +23,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from common.data.atomic_io import atomic_directory
-from common.models.report_generator import ReportGenerator
+from common.methods.report_gen.model import ReportGenerator
 from common.peft.lora import load_lora_folder, load_lora_state_dict, save_lora_folder
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from sklearn.metrics import confusion_matrix
 from tqdm import tqdm
 
 from common.engines.checkpoint import unwrap
-from common.engines.downstream_evaluation import write_json_atomic
+from common.methods.projection.downstream_evaluation import write_json_atomic
 from common.metrics.classification import classification_metrics
 from common.metrics.linear_probe import linear_probe
 

@@ -9,7 +9,7 @@ PEFT and without the adapter indirection. Layout of the export folder::
     base_models.json        the record of the checkpoint it came from
 
 It loads back with ``ReportGenerator.from_config(vision_model_path=<export>/vision, llm_path=<export>/llm)`` and
-:func:`common.engines.report_gen_checkpoint.load_report_gen_checkpoint` on the same folder (projector only).
+:func:`common.methods.report_gen.checkpoint.load_report_gen_checkpoint` on the same folder (projector only).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from peft import PeftModel
 from safetensors.torch import save_file
 
 from common.data.atomic_io import atomic_directory
-from common.engines.report_gen_checkpoint import PROJECTOR_FILE
-from common.models.report_generator import ReportGenerator
+from common.methods.report_gen.checkpoint import PROJECTOR_FILE
+from common.methods.report_gen.model import ReportGenerator
 
 logger = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ def load_adapters(model: torch.nn.Module, adapter_dir: str | Path = "") -> torch
 def export_merged(model: PeftModel, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """Merge the LoRA updates into the base weights and write a plain CT-CLIP state dict (safetensors).
 
-    The result has the key layout of :class:`~common.models.ctclip.CTCLIP` (without the dropped unused copies),
+    The result has the key layout of :class:`~common.methods.ctclip.model.CTCLIP` (without the dropped unused copies),
     so it loads with ``load_ctclip_checkpoint`` into a model built with ``keep_unused=False`` — no PEFT needed
     at deployment. ``model`` itself is left unmerged.
     """

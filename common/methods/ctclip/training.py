@@ -24,7 +24,7 @@ from peft import PeftModel
 from torch import nn
 
 from common.losses.clip_loss import ClipLoss
-from common.models.ctclip import CTCLIP, pair_logits
+from common.methods.ctclip.model import CTCLIP, pair_logits
 from common.peft.lora import apply_lora, parameter_summary
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def apply_ctclip_lora(
     mode cannot rewrite it, and the straight-through estimator carries gradients to the vision adapters.
 
     Args:
-        model: a :class:`~common.models.ctclip.CTCLIP`.
+        model: a :class:`~common.methods.ctclip.model.CTCLIP`.
         rank, alpha, dropout: LoRA hyper-parameters (``lora_rank``, ``lora_alpha``, ``lora_dropout``).
         targets_vision: CTViT attention Linear names (``to_q``, ``to_kv``, ``to_out``).
         targets_text: BERT self-attention Linear names (``query``, ``key``, ``value``).

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
-from ..data.atomic_io import write_json_atomic
-from .checkpoint import save_safetensors
-from .embedding_extraction import extract_embeddings
+from common.data.atomic_io import write_json_atomic
+from common.engines.checkpoint import save_safetensors
+from common.methods.projection.embedding_extraction import extract_embeddings
 
 logger = logging.getLogger(__name__)
 

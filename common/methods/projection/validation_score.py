@@ -9,7 +9,7 @@ import torch
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce  # noqa: F401  (sync is done by all_gather)
 
-from ..metrics.embedding_quality import mean_recall_at_1, pair_auroc
+from common.metrics.embedding_quality import mean_recall_at_1, pair_auroc
 
 __all__ = ["ProjectionValidationScore"]
 
