@@ -14,28 +14,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.losses.temperature import check_temperature
+
 __all__ = ["LogitScale", "ClipLoss", "gather_features", "clip_logits"]
 
 
 class LogitScale(nn.Module):
-    """The learnable inverse temperature ``exp(t)`` of CLIP, clamped from above.
+    """The learnable inverse temperature ``exp(t) = 1/tau`` of CLIP, clamped from above.
 
-    CLIP initialises ``t = log(1/0.07)`` and clamps ``exp(t)`` at 100 so that training cannot make the softmax
-    arbitrarily sharp. The parameter lives in log space, so steps are multiplicative.
+    CLIP initialises ``tau = 0.07`` (``t = log(1/0.07)``) and clamps ``exp(t)`` at 100 so that training cannot make
+    the softmax arbitrarily sharp. The parameter lives in log space, so steps are multiplicative.
 
     Args:
-        init: initial value of the scale (not its log); CLIP uses ``1 / 0.07``.
-        max_scale: upper clamp of the scale; CLIP uses 100.
+        temperature_init: the initial temperature tau (not its inverse); CLIP uses 0.07. Checked by
+            :func:`~common.losses.temperature.check_temperature`.
+        max_scale: upper clamp of the scale ``1/tau``; CLIP uses 100.
         learnable: whether the scale is a trainable parameter (else a buffer).
     """
 
-    def __init__(self, init: float = 1 / 0.07, max_scale: float = 100.0, learnable: bool = True) -> None:
+    def __init__(self, temperature_init: float = 0.07, max_scale: float = 100.0, learnable: bool = True) -> None:
         super().__init__()
-        if init <= 0 or max_scale <= 0:
-            raise ValueError(f"logit scale init and max_scale must be positive, got init={init}, max_scale={max_scale}")
-        if init > max_scale:
-            raise ValueError(f"logit scale init={init} exceeds max_scale={max_scale}")
-        log_init = torch.tensor(math.log(init), dtype=torch.float32)
+        tau = check_temperature(temperature_init, "temperature_init")
+        if max_scale <= 0:
+            raise ValueError(f"max_scale must be positive, got {max_scale}")
+        if 1 / tau > max_scale:
+            raise ValueError(f"temperature_init={tau} gives a logit scale 1/tau={1 / tau:.4g} above max_scale={max_scale}")
+        log_init = torch.tensor(math.log(1 / tau), dtype=torch.float32)
         if learnable:
             self.log_scale = nn.Parameter(log_init)
         else:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.losses.temperature import check_temperature
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LabelAwarePairwiseSigmoidLoss", "pair_targets"]
@@ -56,9 +58,7 @@ class LabelAwarePairwiseSigmoidLoss(nn.Module):
         self, temperature: float = 0.1, normalize: bool = False, bias: float = 0.0, pos_weight: float | None = None
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_temperature(temperature, "temperature")
         self.normalize = normalize
         self.bias = bias
         self.pos_weight = pos_weight

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import socket
@@ -15,13 +16,35 @@ from common.losses import ClipLoss, LabelAwarePairwiseSigmoidLoss, LogitScale
 
 
 def test_logit_scale_starts_at_clip_init_and_clamps():
-    scale = LogitScale(init=1 / 0.07, max_scale=100.0)
+    scale = LogitScale(temperature_init=0.07, max_scale=100.0)
     assert scale().item() == pytest.approx(1 / 0.07, rel=1e-6)
     with torch.no_grad():
         scale.log_scale.fill_(10.0)  # exp(10) > 100
     assert scale().item() == pytest.approx(100.0, rel=1e-6)
-    with pytest.raises(ValueError, match="exceeds max_scale"):
-        LogitScale(init=200.0, max_scale=100.0)
+    with pytest.raises(ValueError, match="above max_scale"):
+        LogitScale(temperature_init=0.005, max_scale=100.0)
+
+
+@pytest.mark.parametrize("mistake", [1 / 0.07, 100.0, math.log(1 / 0.07), 0.0, -0.07, float("nan")])
+def test_a_temperature_that_is_really_a_logit_scale_or_nonsense_is_refused(mistake):
+    """Every bundle's ``temperature``/``temperature_init`` is tau; 14.3 (1/tau), 100 or 2.66 (log 1/tau) are refused."""
+    for build in (
+        lambda: LogitScale(temperature_init=mistake),
+        lambda: LabelAwarePairwiseSigmoidLoss(temperature=mistake),
+    ):
+        with pytest.raises(ValueError, match="temperature"):
+            build()
+    if mistake > 1:
+        with pytest.raises(ValueError, match="looks like a logit scale"):
+            LogitScale(temperature_init=mistake)
+
+
+def test_ctclip_temperature_init_is_tau_and_keeps_ct_clips_log_scale_parameter():
+    from common.methods.ctclip.model import CTCLIP
+
+    defaults = inspect.signature(CTCLIP.__init__).parameters
+    tau = defaults["temperature_init"].default
+    assert tau == pytest.approx(math.exp(-1.0))  # CT-CLIP initialises its log scale at 1.0
 
 
 def test_clip_loss_matches_hand_computation():

@@ -39,7 +39,7 @@ class CLEFT(nn.Module):
         image_encoder: DINOv2 tower, image ``(B, 3, H, W)`` -> ``(B, D_img)``.
         text_encoder: causal-LM tower (LoRA inside), tokens -> ``(B, D_txt)``.
         embed_dim: shared embedding width (512).
-        temperature_init: initial logit scale (``1/0.07``).
+        temperature_init: initial temperature tau of the learnable logit scale ``1/tau`` (CLIP: 0.07).
         max_logit_scale: clamp of the logit scale (100).
         freeze_image_encoder: freeze the ViT (the official ``--freeze_vit``; off in the paper's stage 1).
         image_key: batch key of the image tensor.
@@ -50,7 +50,7 @@ class CLEFT(nn.Module):
         image_encoder: DINOv2Encoder,
         text_encoder: CausalLMEncoder,
         embed_dim: int = 512,
-        temperature_init: float = 1 / 0.07,
+        temperature_init: float = 0.07,
         max_logit_scale: float = 100.0,
         freeze_image_encoder: bool = False,
         image_key: str = "image",
@@ -60,7 +60,7 @@ class CLEFT(nn.Module):
         self.text_encoder = text_encoder
         self.image_projection = nn.Linear(image_encoder.hidden_size, embed_dim)
         self.text_projection = nn.Linear(text_encoder.hidden_size, embed_dim)
-        self.logit_scale = LogitScale(init=temperature_init, max_scale=max_logit_scale)
+        self.logit_scale = LogitScale(temperature_init=temperature_init, max_scale=max_logit_scale)
         self.image_key = image_key
         if freeze_image_encoder:
             self.image_encoder.requires_grad_(False)

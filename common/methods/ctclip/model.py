@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from common.losses.temperature import check_temperature
 from common.vision.ctvit import FULL_CTVIT_CONFIG, CTViT
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ class CTCLIP(nn.Module):
         dim_image: flattened pooled image feature size, ``h * w * dim`` (24*24*512 = 294,912 in CT-CLIP).
         dim_text: BERT hidden size (768).
         dim_latent: joint embedding size (512).
-        temperature_init: initial log logit-scale (1.0 in CT-CLIP).
+        temperature_init: initial temperature tau; the learned parameter ``temperature`` is CT-CLIP's
+            ``log(1/tau)``, which CT-CLIP initialises at 1.0 (tau = 1/e, the default).
         keep_unused: create the ``to_*_latent_extra`` copies so the official checkpoint loads strictly.
     """
 
@@ -67,7 +70,7 @@ class CTCLIP(nn.Module):
         dim_image: int,
         dim_text: int,
         dim_latent: int = 512,
-        temperature_init: float = 1.0,
+        temperature_init: float = math.exp(-1.0),
         keep_unused: bool = True,
     ) -> None:
         super().__init__()
@@ -88,7 +91,9 @@ class CTCLIP(nn.Module):
         if keep_unused:  # deep copies in the official code: saved in the checkpoint, never used in forward
             self.to_text_latent_extra = nn.Linear(dim_text, dim_latent, bias=False)
             self.to_visual_latent_extra = nn.Linear(dim_image, dim_latent, bias=False)
-        self.temperature = nn.Parameter(torch.tensor(float(temperature_init)))
+        # named and stored as in CT-CLIP (a log scale), so the official checkpoint loads strictly
+        tau = check_temperature(temperature_init, "temperature_init")
+        self.temperature = nn.Parameter(torch.tensor(-math.log(tau)))
 
     @classmethod
     def from_config(

@@ -82,7 +82,7 @@ class DualProjectionModel(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         layer_norm: bool = False,
-        logit_scale_init: float = 1 / 0.07,
+        temperature_init: float = 0.07,
         logit_scale_max: float = 100.0,
         learnable_logit_scale: bool = True,
     ) -> None:
@@ -93,12 +93,12 @@ class DualProjectionModel(nn.Module):
         self.image_head = ProjectionHead(image_dim, **head)
         self.text_head = ProjectionHead(text_dim, **head)
         # a buffer when the objective does not use it: DDP rejects parameters that never receive a gradient
-        self.logit_scale = LogitScale(logit_scale_init, logit_scale_max, learnable=learnable_logit_scale)
+        self.logit_scale = LogitScale(temperature_init, logit_scale_max, learnable=learnable_logit_scale)
         self.config = {  # every constructor argument: inference rebuilds the network from a checkpoint's record
             "image_dim": image_dim,
             "text_dim": text_dim,
             **head,
-            "logit_scale_init": logit_scale_init,
+            "temperature_init": temperature_init,
             "logit_scale_max": logit_scale_max,
             "learnable_logit_scale": learnable_logit_scale,
         }
