@@ -38,7 +38,9 @@ class LogitScale(nn.Module):
         if max_scale <= 0:
             raise ValueError(f"max_scale must be positive, got {max_scale}")
         if 1 / tau > max_scale:
-            raise ValueError(f"temperature_init={tau} gives a logit scale 1/tau={1 / tau:.4g} above max_scale={max_scale}")
+            raise ValueError(
+                f"temperature_init={tau} gives a logit scale 1/tau={1 / tau:.4g} above max_scale={max_scale}"
+            )
         log_init = torch.tensor(math.log(1 / tau), dtype=torch.float32)
         if learnable:
             self.log_scale = nn.Parameter(log_init)
