@@ -131,6 +131,11 @@ class ImageProcessord(MapTransform):
         """The processor's settings (:func:`image_processor_settings`), or None when the fallback is used."""
         return None if self.processor is None else image_processor_settings(self.processor)
 
+    def spatial_size(self, default: int | tuple[int, int]) -> tuple[int, int]:
+        """``(h, w)`` of the output: the processor's (:func:`image_processor_output_size`), else ``default``, the
+        fallback's size as the bundle sets it."""
+        return image_processor_output_size(self.processor, default)
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         if self.processor is None:
             return self.fallback(dict(data))

@@ -147,3 +147,45 @@ def test_processor_that_only_exists_as_remote_code_is_a_named_error(tmp_path):
     with pytest.raises(ValueError, match=r"vision_model_path=.*remote code is never executed"):
         load_image_processor(folder, key="vision_model_path")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_report_gen_configs_use_the_vision_folders_processor(repo_root, tmp_path, grey_png, config):
+    """report_gen with real vision weights: the folder's processor, and the visual token count of its output size."""
+    from monai.bundle import ConfigParser
+
+    from common.vision.hf_vision_encoder import HFVisionEncoder
+
+    def parsed(vision_model_path):
+        parser = ConfigParser()
+        parser.read_config(
+            [repo_root / "bundles/report_gen/configs" / config, repo_root / "bundles/report_gen/configs/demo.json"]
+        )
+        parser["bundle_root"] = str(tmp_path)
+        parser["vision_model_path"] = vision_model_path
+        return parser.get_parsed_content("preprocessing")
+
+    folder = _dinov2_folder(tmp_path / "dinov2", crop=24)
+    expected = AutoImageProcessor.from_pretrained(folder, local_files_only=True)(
+        images=Image.open(grey_png).convert("RGB"), return_tensors="pt"
+    )["pixel_values"]
+    preprocessing = parsed(str(folder))
+    pixels = preprocessing({"image": str(grey_png)})["image"]
+    torch.testing.assert_close(pixels[None], expected, atol=1e-5, rtol=0)
+    assert preprocessing.transforms[1].spatial_size(64) == (24, 24)
+    assert HFVisionEncoder(folder, drop_cls_token=True)(pixels[None]).shape == (1, 9, 32)  # (24 / 8) ** 2 patches
+
+    demo = parsed("")({"image": str(grey_png)})["image"]  # no folder: the bundle's own resize and normalisation
+    assert tuple(demo.shape) == (1, 64, 64)
+
+
+def test_cleft_keeps_its_paper_preprocessing_and_names_the_folders_processor(tmp_path, caplog):
+    from common.vision.dinov2_encoder import DINOv2Encoder
+
+    folder = _dinov2_folder(tmp_path / "dinov2")
+    with caplog.at_level("INFO", logger="common.vision.dinov2_encoder"):
+        encoder = DINOv2Encoder.from_config(folder, key="image_model_path")
+    assert "image processor" in caplog.text and "'crop_size': {'height': 32, 'width': 32}" in caplog.text
+    assert encoder(torch.zeros(1, 3, 32, 32)).shape == (1, 32)
+    _with_remote_code(folder, "EvilProcessor")  # a processor that cannot be built never blocks loading the weights
+    assert DINOv2Encoder.from_config(folder).hidden_size == 32
