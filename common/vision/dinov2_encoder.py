@@ -73,7 +73,7 @@ class DINOv2Encoder(nn.Module):
 
         Position embeddings are interpolated by ``transformers`` when the input size differs from the
         checkpoint's (518 for the released DINOv2; CLEFT feeds 224). The folder's ``preprocessor_config.json`` is
-        not applied: CLEFT's own pipeline (Otsu body crop, ``image_size``, ``normalize_mean``/``normalize_std``
+        not applied: CLEFT's own pipeline (Otsu body crop, ``image_size``, ``image_mean``/``image_std``
         0.5/0.5 as the paper) is part of the method; its settings are logged so a mismatch is visible.
         """
         model = load_or_build_model(model_path, config, auto_class=AutoModel, key=key)

@@ -144,8 +144,8 @@ def test_auto_map_code_is_never_run(tmp_path, monkeypatch):
 def test_processor_that_only_exists_as_remote_code_is_a_named_error(tmp_path):
     folder = _dinov2_folder(tmp_path / "model")
     marker = _with_remote_code(folder, "EvilProcessor")
-    with pytest.raises(ValueError, match=r"vision_model_path=.*remote code is never executed"):
-        load_image_processor(folder, key="vision_model_path")
+    with pytest.raises(ValueError, match=r"image_model_path=.*remote code is never executed"):
+        load_image_processor(folder, key="image_model_path")
     assert not marker.exists()
 
 
@@ -156,13 +156,13 @@ def test_report_gen_configs_use_the_vision_folders_processor(repo_root, tmp_path
 
     from common.vision.hf_vision_encoder import HFVisionEncoder
 
-    def parsed(vision_model_path):
+    def parsed(image_model_path):
         parser = ConfigParser()
         parser.read_config(
             [repo_root / "bundles/report_gen/configs" / config, repo_root / "bundles/report_gen/configs/demo.json"]
         )
         parser["bundle_root"] = str(tmp_path)
-        parser["vision_model_path"] = vision_model_path
+        parser["image_model_path"] = image_model_path
         return parser.get_parsed_content("preprocessing")
 
     folder = _dinov2_folder(tmp_path / "dinov2", crop=24)
