@@ -157,8 +157,10 @@ def main() -> dict:
         "torch": torch.__version__,
         "threads": os.environ.get("OMP_NUM_THREADS", "default"),
     }
+    from common.data.atomic_io import write_text_atomic
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cleft_gradient_cache.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(json.dumps(results, indent=2) + "\n", RESULTS / "cleft_gradient_cache.json")
     p, g = runs["plain"], runs["gradient_cache"]
     lines = [
         f"# CLEFT gradient cache: one step at an effective batch of {args.batch_size} (chunks of {args.chunk_size})",
@@ -181,7 +183,7 @@ def main() -> dict:
         f"Largest parameter-gradient difference between the modes: {max_diff:.2e} (largest gradient {max_grad:.2e}).",
         "",
     ]
-    (RESULTS / "cleft_gradient_cache.md").write_text("\n".join(lines))
+    write_text_atomic("\n".join(lines), RESULTS / "cleft_gradient_cache.md")
     print("\n".join(lines))
     return results
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from common.data.atomic_io import write_text_atomic
 from common.peft.lora import apply_lora, parameter_summary
 from common.text.causal_lm_encoder import default_lora_targets
 
@@ -86,7 +87,7 @@ def main() -> dict:
         "cleft_vs_bert_clip_percent_smaller": 100.0 * (1 - cleft_trainable / bert_clip_trainable),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cleft_parameters.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(json.dumps(results, indent=2) + "\n", RESULTS / "cleft_parameters.json")
     g, m = results["biomedlm_gpt2"], results["meditron_llama"]
     lines = [
         "# CLEFT trainable parameters (counted from configs on the meta device)",
@@ -111,7 +112,7 @@ def main() -> dict:
         ),
         "",
     ]
-    (RESULTS / "cleft_parameters.md").write_text("\n".join(lines))
+    write_text_atomic("\n".join(lines), RESULTS / "cleft_parameters.md")
     print("\n".join(lines))
     return results
 

@@ -16,7 +16,6 @@ a CPU; the ratio grows with the image encoder's share of the cost. Usage (from t
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -25,9 +24,9 @@ import torch
 from tqdm import tqdm
 from transformers import BertConfig, BertModel
 
+from common.data.atomic_io import write_json_atomic, write_text_atomic
 from common.methods.ctclip.model import CTCLIP, zero_shot_probabilities
 from common.methods.ctclip.training import build_prompts
-from common.methods.ctclip.zero_shot import atomic_write_bytes
 from common.metrics.zero_shot import CT_RATE_PATHOLOGIES
 from common.vision.ctvit import CTViT
 from common.weights.hf_loading import load_tokenizer
@@ -157,7 +156,7 @@ def main() -> None:
         "machine": platform.machine(),
     }
     out = Path(args.out)
-    atomic_write_bytes(out.with_suffix(".json"), json.dumps(result, indent=2).encode())
+    write_json_atomic(result, out.with_suffix(".json"))
     md = (
         "# CT-CLIP zero-shot evaluation speed (measured in one run)\n\n"
         f"Model: CT-CLIP architecture at reduced size (CTViT dim {args.dim}, 4+4 layers, volume {result['volume_shape']}; "
@@ -168,7 +167,7 @@ def main() -> None:
         f"| ours: 1 image encode per volume, 36 prompts once | {result['ours_seconds_per_volume']:.2f} |\n\n"
         f"**Speed-up: {result['speedup']:.1f}x**; max |P(present) difference| = {max_diff:.2e}.\n"
     )
-    atomic_write_bytes(out.with_suffix(".md"), md.encode())
+    write_text_atomic(md, out.with_suffix(".md"))
     print(md)
 
 

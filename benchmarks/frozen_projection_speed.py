@@ -175,11 +175,14 @@ def main() -> None:
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
     )
+    from common.data.atomic_io import write_text_atomic
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "frozen_projection.json").write_text(
-        json.dumps({"machine": machine, "epoch": epoch, "cache_read": read}, indent=2)
+    write_text_atomic(
+        json.dumps({"machine": machine, "epoch": epoch, "cache_read": read}, indent=2),
+        RESULTS / "frozen_projection.json",
     )
-    (RESULTS / "frozen_projection.md").write_text(
+    write_text_atomic(
         f"""# frozen_projection benchmark
 
 Command: `python benchmarks/frozen_projection_speed.py --rows {args.rows} --dim {args.dim}` ({machine}).
@@ -214,7 +217,8 @@ cost about as much as the copy itself, and the float32 output is twice the bytes
 random-order read also pays the key lookups.
 
 Writing the cache (random vectors, atomic shard commits): {read["write_s"]:.1f} s.
-"""
+""",
+        RESULTS / "frozen_projection.md",
     )
     print(f"results written to {RESULTS / 'frozen_projection.md'}")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from common.data.atomic_io import write_text_atomic
 from common.data.report_tokenization import IGNORE_INDEX
 from common.methods.report_gen.model import ReportGenerator
 from common.methods.report_gen.stages import configure_stage
@@ -189,12 +190,6 @@ def stages_benchmark(batch_size: int, report_tokens: int) -> list[dict]:
     return rows
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=8)
@@ -229,7 +224,7 @@ def main() -> None:
             "lora": "r=16 on q,k,v,o",
         },
     }
-    write_atomic(RESULTS / "report_gen_benchmark.json", json.dumps(result, indent=2))
+    write_text_atomic(json.dumps(result, indent=2), RESULTS / "report_gen_benchmark.json")
     speed = generation["tokens_per_second"]
     lines = [
         "# report_gen benchmark",
@@ -269,7 +264,7 @@ def main() -> None:
             "so it includes the frozen weights and the Python/torch runtime; differences between rows are what the stage adds."
         ),
     ]
-    write_atomic(RESULTS / "report_gen_benchmark.md", "\n".join(lines) + "\n")
+    write_text_atomic("\n".join(lines) + "\n", RESULTS / "report_gen_benchmark.md")
     print("\n".join(lines))
 
 

@@ -1,4 +1,14 @@
-"""Atomic file writes: a result file is either the old one or the complete new one, never half written."""
+"""Atomic file writes: a result file is either the old one or the complete new one, never half written.
+
+The one writer of the tree (eval files, caches, manifests, checkpoints, benchmark results):
+
+- :func:`write_text_atomic` ``(text, path)`` and :func:`write_json_atomic` ``(payload, path)`` - data first, as
+  ``json.dump`` and ``torch.save``;
+- :func:`atomic_path` - a temporary path for any other writer (bytes, ``np.save``, ``savefig``, ``save_file``);
+- :func:`atomic_directory` - a folder swapped in as a whole.
+
+Files get the mode a plain ``open(path, "w")`` would give under the process umask (``mkstemp`` alone gives 0600).
+"""
 
 from __future__ import annotations
 
@@ -62,8 +72,18 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write ``text`` (UTF-8, line endings as given) to ``path`` atomically; returns ``path``.
+
+    Raises:
+        TypeError: ``text`` is not a ``str`` or ``path`` is not a path (the arguments swapped).
+    """
+    if not isinstance(text, str) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"write_text_atomic(text, path) takes the text first and the path second, got "
+            f"({type(text).__name__}, {type(path).__name__})"
+        )
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", newline="")
     return Path(path)
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
+from common.vision.image_processor import image_processor_settings, load_image_processor
 from common.weights.hf_loading import load_or_build_model
 
 logger = logging.getLogger(__name__)
@@ -68,12 +69,30 @@ class DINOv2Encoder(nn.Module):
         gradient_checkpointing: bool = False,
         key: str = "image_model_path",
     ) -> DINOv2Encoder:
-        """Load from a local Hugging Face folder (``facebook/dinov2-with-registers-base`` layout) or build from ``config``.
+        """Load from a local HF folder (``facebook/dinov2-with-registers-base`` layout) or build from ``config``.
 
         Position embeddings are interpolated by ``transformers`` when the input size differs from the
-        checkpoint's (518 for the released DINOv2; CLEFT feeds 224).
+        checkpoint's (518 for the released DINOv2; CLEFT feeds 224). The folder's ``preprocessor_config.json`` is
+        not applied: CLEFT's own pipeline (Otsu body crop, ``image_size``, ``image_mean``/``image_std``
+        0.5/0.5 as the paper) is part of the method; its settings are logged so a mismatch is visible.
         """
         model = load_or_build_model(model_path, config, auto_class=AutoModel, key=key)
+        try:
+            processor = load_image_processor(model_path, key=key)
+        except ValueError as err:  # only logged below: CLEFT never applies it
+            processor = None
+            logger.info("%s", err)
+        if processor is not None:
+            logger.info(
+                "%s=%s: its image processor (%s) is not applied; the bundle's CLEFT preprocessing is used",
+                key,
+                model_path,
+                {
+                    k: v
+                    for k, v in image_processor_settings(processor).items()
+                    if k in ("size", "crop_size", "image_mean", "image_std")
+                },
+            )
         if gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         return cls(model, pooling=pooling)

@@ -1,15 +1,17 @@
 """A frozen Hugging Face image encoder (ViT, DINOv2, ...) with MONAI preprocessing, for embedding extraction.
 
-Preprocessing is a MONAI ``Compose``: the pinned-reader radiograph loader, min-max scaling to [0, 1], resize
-to the model's input, greyscale repeated to 3 channels, and the model's mean/std normalisation. The whole
-configuration is part of the encoder identity, so a change of any of it invalidates cached embeddings.
+With a model folder that holds ``preprocessor_config.json`` (real weights), the radiograph loaded by the
+pinned-reader loader goes through the folder's own ``AutoImageProcessor`` (its resize, centre crop, rescale and
+normalisation; see :mod:`common.vision.image_processor`). Without one (a config-built tiny model, or a folder
+without a processor), preprocessing is a MONAI ``Compose``: min-max scaling to [0, 1], a square resize to the
+model's input, greyscale repeated to 3 channels, and mean/std normalisation. The whole configuration, the
+processor's settings included, is part of the encoder identity, so a change of any of it invalidates cached
+embeddings.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -17,6 +19,12 @@ from monai.transforms import Compose, NormalizeIntensityd, RepeatChanneld, Resiz
 from torch import nn
 
 from common.data.image_loading import LoadRadiographd
+from common.vision.image_processor import (
+    PROCESSOR_FILE,
+    ImageProcessord,
+    image_processor_settings,
+    load_image_processor,
+)
 from common.weights.fingerprint import FrozenModelIdentity
 from common.weights.hf_loading import load_or_build_model
 
@@ -35,9 +43,10 @@ class FrozenImageEncoder(FrozenModelIdentity, nn.Module):
         model_config: architecture config used when ``model_path`` is empty.
         pooling: ``cls`` (first token of the last hidden state, as the paper's code), ``mean`` (mean of the
             patch tokens) or ``pooler`` (the model's pooler output).
-        image_size: square input size; default: the model config's ``image_size``.
-        image_mean, image_std: per-channel normalisation; default: the folder's ``preprocessor_config.json``,
-            else 0.5 / 0.5.
+        image_size: square input size of a model without an image processor; default: the model config's
+            ``image_size``.
+        image_mean, image_std: per-channel normalisation of a model without an image processor; default 0.5 / 0.5.
+            A folder with ``preprocessor_config.json`` defines all three itself: giving them too is an error.
     """
 
     def __init__(
@@ -53,17 +62,27 @@ class FrozenImageEncoder(FrozenModelIdentity, nn.Module):
         if pooling not in IMAGE_POOLINGS:
             raise ValueError(f"image pooling must be one of {IMAGE_POOLINGS}, got {pooling!r}")
         self.model = load_or_build_model(model_path, model_config, key="image_model_path").eval().requires_grad_(False)
-        processor = {}
-        if model_path and (Path(model_path) / "preprocessor_config.json").is_file():
-            processor = json.loads((Path(model_path) / "preprocessor_config.json").read_text())
+        processor = load_image_processor(model_path, key="image_model_path")
+        if processor is not None:
+            given = [
+                n for n, v in (("image_size", image_size), ("image_mean", image_mean), ("image_std", image_std)) if v
+            ]
+            if given:
+                raise ValueError(
+                    f"image_model_path={model_path!r} has {PROCESSOR_FILE}, which sets the resize, crop and "
+                    f"normalisation of its weights; {', '.join(given)} would be ignored: leave them empty, or edit "
+                    f"{PROCESSOR_FILE}"
+                )
+        self.processor = processor
         self.image_size = int(image_size or getattr(self.model.config, "image_size", 224))
-        self.image_mean = [float(v) for v in (image_mean or processor.get("image_mean") or [0.5, 0.5, 0.5])]
-        self.image_std = [float(v) for v in (image_std or processor.get("image_std") or [0.5, 0.5, 0.5])]
+        self.image_mean = [float(v) for v in (image_mean or [0.5, 0.5, 0.5])]
+        self.image_std = [float(v) for v in (image_std or [0.5, 0.5, 0.5])]
         self.pooling = pooling
         self.name_or_path = model_path or f"config:{self.model.config.model_type}"
-        self.transform = Compose(
-            [
-                LoadRadiographd(keys="image"),
+        if processor is not None:
+            steps = [ImageProcessord(keys="image", processor=processor)]
+        else:
+            steps = [
                 ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
                 Resized(
                     keys="image", spatial_size=(self.image_size, self.image_size), mode="bilinear", anti_aliasing=True
@@ -73,7 +92,7 @@ class FrozenImageEncoder(FrozenModelIdentity, nn.Module):
                     keys="image", subtrahend=self.image_mean, divisor=self.image_std, channel_wise=True
                 ),
             ]
-        )
+        self.transform = Compose([LoadRadiographd(keys="image"), *steps])
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the embedding of a given image file: part of the cache key."""
@@ -82,18 +101,28 @@ class FrozenImageEncoder(FrozenModelIdentity, nn.Module):
             "model": self.name_or_path,
             "weights_sha256": self.weights_sha256,
             "pooling": self.pooling,
-            "preprocessing": {
-                "loader": "LoadRadiographd(pydicom|PIL, MONOCHROME1 inverted, RGB reduced)",
-                "scale": "minmax[0,1]",
-                "size": self.image_size,
-                "resize": "bilinear+antialias",
-                "mean": self.image_mean,
-                "std": self.image_std,
-            },
+            "preprocessing": self._preprocessing(),
+        }
+
+    def _preprocessing(self) -> dict[str, Any]:
+        loader = "LoadRadiographd(pydicom|PIL, MONOCHROME1 inverted, RGB reduced)"
+        if self.processor is not None:
+            return {
+                "loader": loader,
+                "to_processor": "minmax to uint8, grey repeated to RGB",
+                "image_processor": image_processor_settings(self.processor),
+            }
+        return {
+            "loader": loader,
+            "scale": "minmax[0,1]",
+            "size": self.image_size,
+            "resize": "bilinear+antialias",
+            "mean": self.image_mean,
+            "std": self.image_std,
         }
 
     def prepare(self, item: Mapping[str, Any]) -> torch.Tensor:
-        """Load and preprocess one manifest row's image: (3, S, S)."""
+        """Load and preprocess one manifest row's image: (3, S, S), or the processor's (3, h, w)."""
         return torch.as_tensor(self.transform(dict(item))["image"]).float()
 
     @torch.no_grad()

@@ -14,7 +14,6 @@ from common.methods.ctclip.training import CTCLIPLoss, CTCLIPPrepareBatch, build
 from common.methods.ctclip.zero_shot import (
     ZeroShotEvalWriter,
     ZeroShotIteration,
-    atomic_write_bytes,
     check_input_files,
     check_pathology_names,
 )
@@ -113,8 +112,3 @@ def test_writer_outputs_and_interruption_leaves_previous_files(tmp_path, monkeyp
         _writer(tmp_path, seed=1).write()
     assert (tmp_path / "zero_shot_metrics.json").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_atomic_write_creates_folders(tmp_path):
-    path = atomic_write_bytes(tmp_path / "a" / "b.json", b"{}")
-    assert path.read_bytes() == b"{}"

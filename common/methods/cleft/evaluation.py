@@ -8,8 +8,6 @@ Everything is written atomically (temp file + rename) under the bundle's ``eval/
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,8 @@ from ignite.metrics.metric import reinit__is_reduced
 from sklearn.metrics import confusion_matrix
 from tqdm import tqdm
 
+from common.data.atomic_io import atomic_path, write_json_atomic
 from common.engines.checkpoint import unwrap
-from common.methods.projection.downstream_evaluation import write_json_atomic
 from common.metrics.classification import classification_metrics
 from common.metrics.linear_probe import linear_probe
 
@@ -85,14 +83,11 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
             ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="black")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 
-from common.data.atomic_io import atomic_path
+from common.data.atomic_io import atomic_path, write_json_atomic, write_text_atomic
 from common.methods.ctclip.model import zero_shot_probabilities
 from common.methods.ctclip.training import CTCLIPPrepareBatch, build_prompts
 from common.metrics.classification import safe_roc_auc
@@ -49,18 +48,10 @@ __all__ = [
     "ZeroShotEvalWriter",
     "ZeroShotIteration",
     "ZeroShotJSONWriter",
-    "atomic_write_bytes",
     "check_input_files",
     "check_pathology_names",
     "gather_rows",
 ]
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: an interruption never leaves half a file."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
 
 
 def check_pathology_names(names: Sequence[str]) -> list[str]:
@@ -300,7 +291,7 @@ class ZeroShotEvalWriter(ZeroShotCollector):
         if idist.get_rank() != 0:
             return self.report
         data = self.arrays()
-        atomic_write_bytes(self.output_dir / "zero_shot_metrics.json", json.dumps(self.report, indent=2).encode())
+        write_json_atomic(self.report, self.output_dir / "zero_shot_metrics.json")
         self._write_csv(
             "zero_shot_per_pathology.csv",
             ["pathology", *next(iter(self.report["per_pathology"].values()))],
@@ -328,7 +319,7 @@ class ZeroShotEvalWriter(ZeroShotCollector):
         writer = csv.writer(buffer)
         writer.writerow(header)
         writer.writerows(rows)
-        atomic_write_bytes(self.output_dir / name, buffer.getvalue().encode())
+        write_text_atomic(buffer.getvalue(), self.output_dir / name)
 
     def _plot_roc(self, y_true: np.ndarray, y_prob: np.ndarray) -> None:
         import matplotlib
@@ -355,7 +346,8 @@ class ZeroShotEvalWriter(ZeroShotCollector):
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)
         plt.close(fig)
-        atomic_write_bytes(self.output_dir / "roc_curves.png", buffer.getvalue())
+        with atomic_path(self.output_dir / "roc_curves.png") as tmp:
+            tmp.write_bytes(buffer.getvalue())
 
 
 class ZeroShotJSONWriter:
@@ -387,6 +379,6 @@ class ZeroShotJSONWriter:
                 "prompts": self.templates,
                 "probabilities": {n: float(p) for n, p in zip(self.class_names, probs)},
             }
-            path = atomic_write_bytes(self.output_dir / f"{name}_zero_shot.json", json.dumps(record, indent=2).encode())
+            path = write_json_atomic(record, self.output_dir / f"{name}_zero_shot.json")
             self.written.append(path)
             logger.info("wrote %s", path)

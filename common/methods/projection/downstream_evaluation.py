@@ -34,7 +34,7 @@ from common.metrics.retrieval import bidirectional_retrieval
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["project_table", "evaluate_projection", "write_json_atomic", "plot_downstream", "format_summary"]
+__all__ = ["project_table", "evaluate_projection", "plot_downstream", "format_summary"]
 
 
 @torch.no_grad()

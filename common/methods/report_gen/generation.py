@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,12 +14,13 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from common.data.atomic_io import write_text_atomic
 from common.metrics.clinical_efficacy import clinical_efficacy_metrics
 from common.metrics.nlg import nlg_metrics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReportGenerationIteration", "ReportGenerationWriter", "ReportLMLoss", "write_text_atomic"]
+__all__ = ["ReportGenerationIteration", "ReportGenerationWriter", "ReportLMLoss"]
 
 
 class ReportLMLoss(nn.Module):
@@ -74,21 +73,6 @@ class ReportGenerationIteration:
         generated = [" ".join(t.split()) for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         references = list(batch.get("report") or [""] * len(generated))  # inference on images alone: no references
         return {"id": list(batch["id"]), "generated": generated, "reference": references}
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and ``os.replace`` it in: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _gather(items: list[Any]) -> list[Any]:
@@ -173,9 +157,9 @@ class ReportGenerationWriter:
         )
         self.last_metrics = metrics
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        write_text_atomic(self.output_dir / f"{self.prefix}.jsonl", lines)
+        write_text_atomic(lines, self.output_dir / f"{self.prefix}.jsonl")
         summary = {**metrics, **self.extra, "epoch": engine.state.epoch}
-        write_text_atomic(self.output_dir / f"{self.prefix}_metrics.json", json.dumps(summary, indent=2, default=str))
+        write_text_atomic(json.dumps(summary, indent=2, default=str), self.output_dir / f"{self.prefix}_metrics.json")
         engine.state.metrics.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         logger.info("report generation on %d studies: %s -> %s", len(records), shown, self.output_dir)
