@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from common.losses import ClipLoss, LabelAwarePairwiseSigmoidLoss, LogitScale
+from common.losses import ClipLoss, LabelAwarePairwiseSigmoidLoss, LogitScale, pair_targets
 
 
 def test_logit_scale_starts_at_clip_init_and_clamps():
@@ -63,13 +63,35 @@ def test_pairwise_sigmoid_loss_is_small_for_separated_labels_and_large_when_swap
 
 
 def test_pairwise_multilabel_targets_share_any_label():
-    z = torch.randn(3, 4)
     labels = torch.tensor([[1, 0], [1, 1], [0, 1]])
-    from common.losses import pair_targets
-
     _, _, target = pair_targets(labels)
     assert target.tolist() == [1.0, 0.0, 1.0]  # (0,1) share 0; (0,2) share none; (1,2) share 1
-    LabelAwarePairwiseSigmoidLoss()(z, labels)  # runs on multi-hot labels
+
+
+def test_pairwise_multilabel_loss_matches_hand_computation():
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1]])  # targets (0,1)=1, (0,2)=0, (1,2)=1
+    # logits with T = 0.5: <z0,z1>=0 -> 0; <z0,z2>=1 -> 2; <z1,z2>=1 -> 2
+    expected = (F.softplus(torch.tensor(-0.0)) + F.softplus(torch.tensor(2.0)) + F.softplus(torch.tensor(-2.0))) / 3
+    loss = LabelAwarePairwiseSigmoidLoss(temperature=0.5)(z, labels)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_two_all_negative_rows_are_a_positive_pair():
+    """Label equality (the paper's target): two rows with no positive label share the label "none"."""
+    labels = torch.tensor([[0, 0], [0, 0], [1, 0]])
+    _, _, target = pair_targets(labels)
+    assert target.tolist() == [1.0, 0.0, 0.0]  # (0,1) both empty; (0,2), (1,2) differ
+
+
+def test_binary_task_as_one_multi_hot_column_equals_class_ids():
+    ids = torch.tensor([0, 1, 0, 1, 1, 0])
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    _, _, from_ids = pair_targets(ids)
+    _, _, from_column = pair_targets(ids[:, None])
+    assert from_column.tolist() == from_ids.tolist()
+    loss = LabelAwarePairwiseSigmoidLoss()
+    assert loss(z, ids[:, None]).item() == pytest.approx(loss(z, ids).item(), rel=1e-6)
 
 
 def _free_port() -> int:
