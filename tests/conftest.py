@@ -17,12 +17,39 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI=true``, as GitHub Actions, GitLab and most CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_fixture_path(path: str | Path, what: str) -> Path:
+    """``path`` if it exists. Otherwise the test FAILS in CI (``CI=true``), naming the missing path, so a CI run
+    without the real sample data cannot pass without its parity and real-file tests; locally it is skipped with
+    the same message.
+
+    Args:
+        path: the fixture file or folder a test needs.
+        what: what it is, for the message (e.g. ``"CT-CLIP reference vectors"``).
+    """
+    path = Path(path)
+    if path.exists():
+        return path
+    message = f"{what} not found at {path} (set MEDVLM_SHARED_DATA to the folder of the real sample data)"
+    if in_ci():
+        pytest.fail(f"CI=true, so a missing test fixture is a failure: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def require_fixture():
+    """:func:`require_fixture_path`, for tests and fixtures in every folder (conftest modules are not imported)."""
+    return require_fixture_path
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """../shared/data (real sample files); skipped, with the reason printed, where it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real sample data not found at {SHARED_DATA} (set MEDVLM_SHARED_DATA to its folder)")
-    return SHARED_DATA
+    """../shared/data (real sample files); see :func:`require_fixture_path` for what happens where it is absent."""
+    return require_fixture_path(SHARED_DATA, "real sample data")
 
 
 @pytest.fixture(autouse=True)

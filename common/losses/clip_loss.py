@@ -1,14 +1,16 @@
 """CLIP's symmetric InfoNCE with a learnable, clamped temperature and cross-rank negatives.
 
 Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021. The
-distributed form follows open_clip's ``ClipLoss``: each rank gathers every rank's features *with gradient*
-(``torch.distributed.nn.functional.all_gather``), so the local batch sees the global batch as negatives and the
-gradient of the full-batch loss flows back to every rank's encoders.
+distributed form follows open_clip's ``ClipLoss`` with ``local_loss=True``: each rank scores its own rows against
+every rank's features. With ``gather_with_grad=True`` (the default) the gather is differentiable
+(``torch.distributed.nn.functional.all_gather``), so the gradient of the full-batch loss flows back to every
+rank's encoders. With ``gather_with_grad=False`` it does not (see :class:`ClipLoss`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -66,14 +68,13 @@ def gather_features(features: torch.Tensor, with_grad: bool = True) -> tuple[tor
 
     With ``with_grad`` the gather is differentiable (``torch.distributed.nn.functional.all_gather``), so each
     rank's loss sends gradient to the features of every rank. Without it, the local slice keeps its graph and
-    the others are constants (open_clip's ``gather_with_grad=False``). Single process: returned unchanged.
+    the others are constants (open_clip's ``gather_with_grad=False``), so no gradient crosses ranks. Single
+    process: returned unchanged.
     """
     if not _distributed():
         return features, 0
     rank = torch.distributed.get_rank()
     if with_grad:
-        import warnings
-
         import torch.distributed.nn.functional as dist_fn
 
         with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
@@ -99,12 +100,16 @@ class ClipLoss(nn.Module):
 
     Pair ``i`` of the batch is the positive of row ``i``; every other pair in the (gathered) batch is a negative.
     Under DDP, the local rows are scored against the features gathered from all ranks and the targets are
-    offset by this rank's position (open_clip's ``local_loss=True`` form, which gives the same gradient as the
-    global loss once DDP averages across ranks).
+    offset by this rank's position (open_clip's ``local_loss=True`` form).
+
+    With ``gather_with_grad=True`` this gives the gradient of the full-batch loss once DDP averages across
+    ranks. With ``gather_with_grad=False`` the other ranks' features are constants: this rank's features get
+    gradient only from its own rows, never from the terms where they are negatives of another rank's rows, so
+    the gradient is **not** the full-batch one (it still trains, with less communication in the backward
+    pass). A warning says so once per loss, on the first distributed call. Single process: both are the same.
 
     Args:
-        gather_with_grad: gather features across ranks with gradient (recommended; open_clip's default for
-            large-scale training).
+        gather_with_grad: gather features across ranks with gradient (default; the full-batch gradient).
         normalize: L2-normalise the features first. Models that already return normalised features may set
             this to False to save work.
     """
@@ -113,6 +118,19 @@ class ClipLoss(nn.Module):
         super().__init__()
         self.gather_with_grad = gather_with_grad
         self.normalize = normalize
+        self._warned = False
+
+    def _warn_partial_gradient(self) -> None:
+        if self.gather_with_grad or self._warned or not _distributed():
+            return
+        self._warned = True
+        warnings.warn(
+            "ClipLoss(gather_with_grad=False) under DDP: each rank's features get gradient only from its own rows "
+            "(the other ranks' features are constants), not the full-batch gradient; set gather_with_grad=True "
+            "for the full-batch gradient",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def forward(
         self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
@@ -125,6 +143,7 @@ class ClipLoss(nn.Module):
             )
         if image_features.shape[0] < 2 and not _distributed():
             raise ValueError("ClipLoss needs at least 2 pairs in a batch (one positive, one negative); got 1")
+        self._warn_partial_gradient()
         if self.normalize:
             image_features = F.normalize(image_features, dim=-1)
             text_features = F.normalize(text_features, dim=-1)

@@ -1,8 +1,9 @@
 """The label-aware pairwise sigmoid loss of Margaritis et al., arXiv 2502.02048 (official ``ContrastiveLoss``).
 
 Every unordered pair ``(i, j), i < j`` of the batch is a binary example: target 1 when the two samples share a
-label, 0 otherwise; logit ``<z_i, z_j> / T``; binary cross-entropy with logits, averaged over pairs. It pulls
-same-label samples together and pushes different-label samples apart: supervised, label-aware, not CLIP pairing.
+label (multi-hot: a positive label, or both have none; see :func:`pair_targets`), 0 otherwise; logit
+``<z_i, z_j> / T``; binary cross-entropy with logits, averaged over pairs. It pulls same-label samples together
+and pushes different-label samples apart: supervised, label-aware, not CLIP pairing.
 
 The official code uses raw dot products (no L2 normalisation) and no bias; both stay the default here so that
 the paper's setting is reproduced, and ``normalize`` / ``bias`` / ``pos_weight`` (SigLIP-style) are options for
@@ -27,18 +28,26 @@ __all__ = ["LabelAwarePairwiseSigmoidLoss", "pair_targets"]
 def pair_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Upper-triangle pair indices and their same-label targets.
 
+    The paper's target is label equality, ``y_i == y_j``. Multi-hot labels generalise it as: a pair is positive
+    when the two samples share a positive label, **or when neither has any** (two all-negative rows, e.g. two
+    "no finding" studies, carry the same label: "none"). This keeps the paper's binary task exact when it is
+    given as one 0/1 column, (B, 1): ``0`` and ``0`` are the same label, so a positive pair.
+
     Args:
-        labels: (B,) integer class ids, or (B, C) multi-hot labels (a pair is positive if they share any label).
+        labels: (B,) integer class ids, or (B, C) multi-hot labels.
 
     Returns:
-        ``(i, j, target)``: index tensors of the ``B * (B - 1) / 2`` pairs and float targets in {0, 1}.
+        ``(i, j, target)``: index tensors of the ``B * (B - 1) / 2`` pairs and float targets in {0, 1}, each (P,).
     """
     batch = labels.shape[0]
     i, j = torch.triu_indices(batch, batch, offset=1, device=labels.device)
     if labels.ndim == 1:
         target = (labels[i] == labels[j]).float()
     elif labels.ndim == 2:
-        target = ((labels[i] > 0) & (labels[j] > 0)).any(dim=1).float()
+        positive = labels > 0
+        share = (positive[i] & positive[j]).any(dim=1)
+        both_empty = ~positive[i].any(dim=1) & ~positive[j].any(dim=1)
+        target = (share | both_empty).float()
     else:
         raise ValueError(f"labels must be (B,) class ids or (B, C) multi-hot, got shape {tuple(labels.shape)}")
     return i, j, target

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from cleft_tiny import CORPUS, tiny_gpt2_config
@@ -140,9 +138,19 @@ def test_llama_architecture_uses_q_v_targets(tokenizer):
     torch.testing.assert_close(out[0], alone[0], rtol=0, atol=1e-5)
 
 
-def test_state_round_trip_is_exact(text_encoder):
-    clone = copy.deepcopy(text_encoder)
-    text_encoder.eval(), clone.eval()
+def test_state_round_trip_is_exact(tokenizer, text_encoder):
+    with torch.no_grad():  # adapters that look trained: LoRA's B starts at zero, which would hide a lost adapter
+        for name, param in text_encoder.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    torch.manual_seed(1)  # another random base and adapters
+    fresh = CausalLMEncoder.from_config(
+        config=tiny_gpt2_config(len(tokenizer)), tokenizer=tokenizer, max_length=16, lora_dropout=0.0
+    )
+    text_encoder.eval(), fresh.eval()
     batch = text_encoder.tokenize(CORPUS[:2])
     with torch.no_grad():
-        torch.testing.assert_close(text_encoder(**batch), clone(**batch), rtol=0, atol=0)
+        expected, before = text_encoder(**batch), fresh(**batch)
+        assert not torch.allclose(before, expected, atol=1e-3)
+        fresh.load_state_dict(text_encoder.state_dict(), strict=True)
+        torch.testing.assert_close(fresh(**batch), expected, rtol=0, atol=0)

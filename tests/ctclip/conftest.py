@@ -13,10 +13,9 @@ from common.methods.ctclip.model import CTCLIP
 
 
 @pytest.fixture(scope="session")
-def reference_dir(shared_data_dir: Path) -> Path:
+def reference_dir(shared_data_dir: Path, require_fixture) -> Path:
     folder = shared_data_dir / "ctclip_reference"
-    if not (folder / "ctclip_tiny_expected.safetensors").is_file():
-        pytest.skip(f"CT-CLIP reference vectors not found in {folder}")
+    require_fixture(folder / "ctclip_tiny_expected.safetensors", "CT-CLIP reference vectors")
     return folder
 
 

@@ -23,10 +23,8 @@ def _full_model_on_meta() -> CTCLIP:
 
 
 @pytest.fixture(scope="module")
-def official_keys(shared_data_dir):
-    path = shared_data_dir / "ctclip_reference" / "full_state_dict_keys.json"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
+def official_keys(shared_data_dir, require_fixture):
+    path = require_fixture(shared_data_dir / "ctclip_reference" / "full_state_dict_keys.json", "CT-CLIP_v2 key list")
     return json.loads(path.read_text())
 
 

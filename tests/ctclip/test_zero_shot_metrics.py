@@ -78,8 +78,16 @@ def test_held_out_thresholds_differ_from_same_set():
     y_fit, p_fit = _data(seed=1)
     report = zero_shot_report(y, p, ["a", "b", "c"], y_fit, p_fit, num_bootstrap=0)
     assert report["protocol"] == "held_out_thresholds"
-    assert np.allclose([report["per_pathology"][c]["threshold"] for c in "abc"], fit_thresholds(y_fit, p_fit))
-    assert "same_set_protocol_mean" in report
+    held_out = [report["per_pathology"][c]["threshold"] for c in "abc"]
+    assert np.allclose(held_out, fit_thresholds(y_fit, p_fit))
+    assert not np.allclose(held_out, fit_thresholds(y, p))  # the thresholds differ from the same-set ones
+    # the headline numbers are those at the held-out thresholds; the same-set ones are kept beside them
+    held_out_mean = zero_shot_metrics(y, p, ["a", "b", "c"], fit_thresholds(y_fit, p_fit))["mean"]
+    same_set_mean = zero_shot_metrics(y, p, ["a", "b", "c"])["mean"]
+    assert report["mean"] == pytest.approx(held_out_mean)
+    assert report["same_set_protocol_mean"] == pytest.approx(same_set_mean)
+    assert report["mean"]["auroc"] == pytest.approx(same_set_mean["auroc"])  # threshold-free
+    assert report["mean"]["weighted_f1"] != pytest.approx(same_set_mean["weighted_f1"])
 
 
 def test_bad_input_is_named():

@@ -9,11 +9,8 @@ from common.data.manifest import load_manifest, write_manifest
 
 
 @pytest.fixture
-def iu_dir(shared_data_dir):
-    folder = shared_data_dir / "reports" / "iu_xray"
-    if not folder.is_dir():
-        pytest.skip(f"IU X-ray reports not found under {folder}")
-    return folder
+def iu_dir(shared_data_dir, require_fixture):
+    return require_fixture(shared_data_dir / "reports" / "iu_xray", "IU X-ray reports")
 
 
 def test_reads_the_unpacked_xml_files(iu_dir):
@@ -40,10 +37,8 @@ def test_manifest_rows_join_findings_and_impression_without_placeholders(iu_dir,
     assert [r["report"] for r in loaded] == [r["report"] for r in rows]
 
 
-def test_reads_the_whole_archive_and_counts_skips(iu_dir, caplog):
-    archive = iu_dir / "NLMCXR_reports.tgz"
-    if not archive.is_file():
-        pytest.skip(f"{archive} not present")
+def test_reads_the_whole_archive_and_counts_skips(iu_dir, caplog, require_fixture):
+    archive = require_fixture(iu_dir / "NLMCXR_reports.tgz", "IU X-ray report archive")
     reports = read_iu_xray_reports(archive)
     assert len(reports) == 3955
     with caplog.at_level("WARNING"):

@@ -71,12 +71,18 @@ def test_loss_covers_report_tokens_only(word_tokenizer, template, train_batch):
     keep = shifted != IGNORE_INDEX
     manual = F.cross_entropy(logits[keep], shifted[keep])
     assert torch.allclose(out["loss"], manual, atol=1e-6)
-    # changing the prompt words changes the inputs but a target-free prompt position never enters the loss directly:
-    # corrupting every label outside the report would change the loss, so the mask is what keeps them out
+    # the IGNORE_INDEX labels, not a position rule inside the model, are what keep the prompt out: labels that
+    # leak the prompt tokens are counted, exactly as the same cross-entropy over the leaked positions says
     leaky = labels.clone()
     leaky[:, 1 : template.length] = train_batch["input_ids"][:, 1 : template.length]
     with torch.no_grad():
         leaky_loss = model({**train_batch, "labels": leaky})["loss"]
+    leaky_shifted = leaky[:, 1:]
+    leaky_keep = leaky_shifted != IGNORE_INDEX
+    assert leaky_keep.sum() > keep.sum()
+    torch.testing.assert_close(
+        leaky_loss, F.cross_entropy(logits[leaky_keep], leaky_shifted[leaky_keep]), atol=1e-6, rtol=0
+    )
     assert not torch.allclose(leaky_loss, out["loss"])
 
 

@@ -106,6 +106,7 @@ class CTCLIP(nn.Module):
         drop_unused: bool = True,
         device: str | torch.device | None = None,
         bert_attn_implementation: str = "sdpa",
+        init_seed: int | None = None,
     ) -> CTCLIP:
         """Build CT-CLIP from configs, optionally loading the official checkpoint (or a local BERT folder).
 
@@ -119,13 +120,22 @@ class CTCLIP(nn.Module):
             device: where to materialise the model. With ``pretrained_path`` the model is built on the meta
                 device and the checkpoint tensors are assigned, so no random initialisation is computed.
             bert_attn_implementation: ``"sdpa"`` or ``"eager"`` (identical to ~1e-6).
+            init_seed: seed of the random weights when no ``pretrained_path`` is given, drawn from a forked RNG
+                (the global one is left as it was), so that training, evaluation and inference build the same
+                random base whatever ran before; None: the global RNG as it stands.
         """
         from common.weights.ctclip_checkpoint import load_ctclip_checkpoint
         from common.weights.hf_loading import check_local_model_dir, load_or_build_model
 
         ctvit_kwargs = dict(ctvit_config or FULL_CTVIT_CONFIG)
         build_device = torch.device("meta") if pretrained_path else None
-        with torch.device(build_device) if build_device is not None else contextlib.nullcontext():
+        seeded = init_seed is not None and not pretrained_path
+        with contextlib.ExitStack() as stack:
+            if build_device is not None:
+                stack.enter_context(torch.device(build_device))
+            if seeded:
+                stack.enter_context(torch.random.fork_rng(devices=[]))
+                torch.manual_seed(int(init_seed))
             visual = CTViT(**ctvit_kwargs)
             if text_model_path and not pretrained_path:
                 text = load_or_build_model(

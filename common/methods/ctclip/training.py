@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.inferers import SimpleInferer
 from peft import PeftModel
 from torch import nn
 
@@ -29,7 +30,14 @@ from common.peft.lora import apply_lora, parameter_summary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OBJECTIVES", "CTCLIPLoss", "CTCLIPPrepareBatch", "apply_ctclip_lora", "build_prompts"]
+__all__ = [
+    "OBJECTIVES",
+    "BF16AutocastInferer",
+    "CTCLIPLoss",
+    "CTCLIPPrepareBatch",
+    "apply_ctclip_lora",
+    "build_prompts",
+]
 
 OBJECTIVES = ("clip", "prompt_pair")
 
@@ -204,3 +212,31 @@ class CTCLIPLoss(nn.Module):
         known = torch.isfinite(labels)
         target = (labels[known] < 0.5).long()  # class 0 = "present" prompt, class 1 = "not present"
         return F.cross_entropy(logits[known], target)
+
+
+class BF16AutocastInferer(SimpleInferer):
+    """``inferer`` of a MONAI trainer: the network call under ``torch.autocast(dtype=bfloat16)``, outputs in float32.
+
+    MONAI's ``amp=True`` always builds a ``GradScaler``, which bfloat16 does not need (it has float32's exponent
+    range, so gradients do not underflow). With this inferer the trainer keeps ``amp=False`` (no scaler) and the
+    forward pass still runs in bfloat16; the loss is computed in float32. float16 needs the scaler: use MONAI's
+    ``amp=True`` for it.
+
+    Args:
+        enabled: run under bfloat16 autocast; False: a plain :class:`~monai.inferers.SimpleInferer`.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        super().__init__()
+        self.enabled = bool(enabled)
+
+    def __call__(self, inputs: Any, network: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled:
+            return network(inputs, *args, **kwargs)
+        tensors = inputs.values() if isinstance(inputs, Mapping) else [inputs]
+        device_type = next(t.device.type for t in tensors if isinstance(t, torch.Tensor))
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+            outputs = network(inputs, *args, **kwargs)
+        if isinstance(outputs, Mapping):
+            return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
+        return outputs.float() if torch.is_tensor(outputs) and outputs.is_floating_point() else outputs
