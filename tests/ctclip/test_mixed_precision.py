@@ -15,7 +15,12 @@ def _demo_trainer(repo_root, tmp_path, bf16: bool):
     parser = ConfigParser()
     parser.read_config([str(repo_root / CONFIGS / "train.json"), str(repo_root / CONFIGS / "demo.json")])
     parser.update(
-        {"bundle_root": str(tmp_path), "bf16": bf16, "demo_num_samples": 12, "validate_before_training": False}
+        {
+            "bundle_root": str(tmp_path),
+            "autocast_dtype": "bfloat16" if bf16 else "",
+            "demo_num_samples": 12,
+            "validate_before_training": False,
+        }
     )
     return parser.get_parsed_content("train#trainer")
 
