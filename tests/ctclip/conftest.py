@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,13 @@ from common.methods.ctclip.model import CTCLIP
 
 
 @pytest.fixture(scope="session")
-def reference_dir(shared_data_dir: Path) -> Path:
-    folder = shared_data_dir / "ctclip_reference"
+def reference_dir(request) -> Path:
+    """``$CTCLIP_REFERENCE_DIR`` (another reference set), else ``../shared/data/ctclip_reference``."""
+    explicit = os.environ.get("CTCLIP_REFERENCE_DIR")
+    folder = Path(explicit) if explicit else request.getfixturevalue("shared_data_dir") / "ctclip_reference"
     if not (folder / "ctclip_tiny_expected.safetensors").is_file():
+        if explicit:
+            raise FileNotFoundError(f"CTCLIP_REFERENCE_DIR={explicit!r} holds no ctclip_tiny_expected.safetensors")
         pytest.skip(f"CT-CLIP reference vectors not found in {folder}")
     return folder
 
