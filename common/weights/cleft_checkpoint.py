@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CLEFTCheckpointError",
     "LIGHTNING_SAFE_GLOBALS",
+    "PROMPT_EMBEDDING_KEY",
     "dinov2_official_to_hf",
     "load_official_cleft",
     "map_official_state_dict",
@@ -51,11 +52,11 @@ class CLEFTCheckpointError(ValueError):
     """An official CLEFT state dict does not map one-to-one onto our model (lists what is left over)."""
 
 
-class _LightningAttributeDict(dict):
-    """Stand-in for Lightning's ``AttributeDict`` (a ``dict`` subclass holding ``hyper_parameters``)."""
+class _LightningAttributeDict:
+    """Stand-in for Lightning's ``AttributeDict`` (the ``dict`` subclass of ``hyper_parameters``): a plain dict."""
 
-    def __setstate__(self, state: Mapping) -> None:  # BUILD of a dict subclass with a __dict__: keep as items
-        self.update(state or {})
+    def __new__(cls, *args, **kwargs) -> dict:  # the unpickler's NEWOBJ; SETITEMS then fills the plain dict
+        return {}
 
 
 #: What Lightning pickles beside tensors and plain containers, each mapped to a code-free stand-in.
@@ -69,7 +70,7 @@ LIGHTNING_SAFE_GLOBALS: tuple[tuple[type, str], ...] = (
 _OFFICIAL_ROOTS = ("logit_scale", "img_encoder_q.", "text_encoder_q.")
 _UNUSED = re.compile(r"^(img|text)_encoder_q\.local_embed\.")
 _WORD_EMBEDDINGS_ALIAS = "text_encoder_q.model.word_embeddings.weight"
-_PROMPT_EMBEDDING = "text_encoder_q.model.prompt_encoder.default.embedding.weight"
+PROMPT_EMBEDDING_KEY = "text_encoder_q.model.prompt_encoder.default.embedding.weight"
 _LM = re.compile(r"^text_encoder_q\.model\.base_model\.(?:base_model\.)?model\.transformer\.(.+)$")
 
 # official vendored DINOv2 name -> Dinov2WithRegisters names (transformers 5 module name first, then 4.x name)
@@ -169,7 +170,7 @@ def _targets(key: str, prefix: str) -> list[tuple[tuple[str, ...], slice | None]
         head = f"{tower}_encoder_q.global_embed."
         if key.startswith(head) and key[len(head) :] in ("weight", "bias"):
             return [((f"{prefix}{ours}_projection.{key[len(head) :]}",), None)]
-    if key == _PROMPT_EMBEDDING:
+    if key == PROMPT_EMBEDDING_KEY:
         return [(("context.context",), None)]
     lm = _LM.match(key)
     if lm:
@@ -247,7 +248,7 @@ def map_official_state_dict(
             if items
         ]
         hint = ""
-        if any(_PROMPT_EMBEDDING in u for u in unexpected):
+        if any(PROMPT_EMBEDDING_KEY in u for u in unexpected):
             hint = " (a prompt-tuned stage-2 checkpoint: load it into a CLEFTClassifier with a context)"
         elif "context.context" in missing:
             hint = " (a stage-1 checkpoint has no learned context: load it into CLEFT, not a prompt classifier)"
