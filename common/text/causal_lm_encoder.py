@@ -4,7 +4,14 @@ Du et al., "CLEFT: Language-Image Contrastive Learning with Efficient Large Lang
 Fine-Tuning", MICCAI 2024 (arXiv 2407.21011). The official code pads with EOS to a fixed length and reads the
 first trailing pad; a caption that fills the maximum length has no pad and the official code then reads token 0.
 Here an EOS is always appended *after* truncation, so every caption reads its own EOS, and padding is to the
-longest caption of the batch (right side), so the EOS sits at ``attention_mask.sum(-1) - 1``.
+longest caption of the batch (right side), so the EOS sits at ``attention_mask.sum(-1) - 1``; it is attended
+(mask 1), so it also attends to itself.
+
+``official_unpadded_eos_quirk=True`` reproduces the official numbers instead (checked against the reference vectors
+of the official code in ``tests/cleft/test_cleft_parity.py``): captions are truncated to ``max_length`` and padded
+to it with EOS (= pad, attention mask 0, so the pooled EOS does not attend to itself), the pooled position is the
+first of the trailing EOS ids, and a caption that fills ``max_length`` without padding pools **token 0** (the
+official ``find_last_word_token`` reads ``embeddings[i, -0]``); with a learned context that is context token 0.
 
 GPT-2 (BioMedLM) and Llama (Meditron) architectures both work through ``transformers.AutoModel``; LoRA comes from
 PEFT with PEFT's default targets for the architecture unless the config names them (``c_attn`` for GPT-2,
@@ -86,6 +93,9 @@ class CausalLMEncoder(nn.Module):
         tokenizer: its tokenizer; needs an ``eos_token``.
         max_length: maximum tokens per caption *including* the appended EOS (and BOS where used).
         add_bos: prepend the BOS token; ``None`` = when the tokenizer has a BOS distinct from EOS (Llama yes, GPT-2 no).
+        official_unpadded_eos_quirk: tokenize and pool exactly as the official code (pad = EOS with mask 0, read the
+            first trailing pad, token 0 when a caption has no pad), e.g. to reproduce the released checkpoints'
+            numbers; off: always append an attended EOS after truncation and read it.
     """
 
     def __init__(
@@ -94,6 +104,7 @@ class CausalLMEncoder(nn.Module):
         tokenizer: PreTrainedTokenizerBase,
         max_length: int = 64,
         add_bos: bool | None = None,
+        official_unpadded_eos_quirk: bool = False,
     ) -> None:
         super().__init__()
         if tokenizer.eos_token_id is None:
@@ -106,6 +117,7 @@ class CausalLMEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.add_bos = bool(add_bos)
+        self.official_unpadded_eos_quirk = bool(official_unpadded_eos_quirk)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.num_truncated = 0  # captions cut to max_length so far (each counted once, at tokenization)
 
@@ -125,6 +137,7 @@ class CausalLMEncoder(nn.Module):
         gradient_checkpointing: bool = False,
         model_kwargs: Mapping[str, Any] | None = None,
         key: str = "text_model_path",
+        official_unpadded_eos_quirk: bool = False,
     ) -> CausalLMEncoder:
         """Load the LM from a local folder (or build it from ``config``), add LoRA, enable checkpointing.
 
@@ -139,6 +152,7 @@ class CausalLMEncoder(nn.Module):
             gradient_checkpointing: recompute LM activations in backward (non-reentrant, so frozen embeddings
                 with LoRA adapters still get gradients; transformers issue 28536).
             model_kwargs: passed to ``from_pretrained`` (``dtype``, ``attn_implementation``).
+            official_unpadded_eos_quirk: see :class:`CausalLMEncoder`.
         """
         model = load_or_build_model(model_path, config, auto_class=AutoModel, key=key, **dict(model_kwargs or {}))
         if tokenizer is None:
@@ -153,7 +167,7 @@ class CausalLMEncoder(nn.Module):
         if use_lora:
             targets = lora_target_modules or default_lora_targets(model.config.model_type)
             model = apply_lora(model, targets, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
-        return cls(model, tokenizer, max_length=max_length)
+        return cls(model, tokenizer, max_length=max_length, official_unpadded_eos_quirk=official_unpadded_eos_quirk)
 
     @property
     def hidden_size(self) -> int:
@@ -171,29 +185,34 @@ class CausalLMEncoder(nn.Module):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"{field} {i} of the batch is empty or not text: {text!r}")
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        budget = self.max_length - 1 - int(self.add_bos)
+        eos = [] if self.official_unpadded_eos_quirk else [self.tokenizer.eos_token_id]
+        budget = self.max_length - len(eos) - int(self.add_bos)
         out = []
         for i, seq in enumerate(ids):
             if len(seq) > budget:
                 if self.num_truncated == 0:
                     logger.warning(
-                        "%s %d has %d tokens, more than text_max_length=%d allows: truncated (EOS still appended "
-                        "and read); later truncations are counted in num_truncated",
+                        "%s %d has %d tokens, more than text_max_length=%d allows: truncated (%s); later "
+                        "truncations are counted in num_truncated",
                         field,
                         i,
-                        len(seq) + 1,
+                        len(seq) + len(eos),
                         self.max_length,
+                        "no pad left: token 0 is read, official_unpadded_eos_quirk"
+                        if self.official_unpadded_eos_quirk
+                        else "EOS still appended and read",
                     )
                 self.num_truncated += 1
                 seq = seq[:budget]
             prefix = [self.tokenizer.bos_token_id] if self.add_bos else []
-            out.append(prefix + list(seq) + [self.tokenizer.eos_token_id])
+            out.append(prefix + list(seq) + eos)
         return out
 
     def tokenize(self, texts: Sequence[str], field: str = "caption") -> dict[str, torch.Tensor]:
-        """Texts -> ``input_ids``, ``attention_mask`` ``(B, L)``, right-padded to the longest in the batch."""
+        """Texts -> ``input_ids``, ``attention_mask`` ``(B, L)``, right-padded to the longest in the batch (to
+        ``max_length`` with the official quirk, whose pooling depends on the padding)."""
         ids = self.token_ids(texts, field=field)
-        length = max(len(s) for s in ids)
+        length = self.max_length if self.official_unpadded_eos_quirk else max(len(s) for s in ids)
         input_ids = torch.full((len(ids), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(ids), length), dtype=torch.long)
         for i, seq in enumerate(ids):
@@ -232,5 +251,15 @@ class CausalLMEncoder(nn.Module):
         hidden = self.model(
             inputs_embeds=embeds, attention_mask=mask, use_cache=False
         ).last_hidden_state  # (B, P + L, H)
-        eos_index = mask.sum(dim=1) - 1  # right padding: the last attended token is the appended EOS
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_index]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), self.pooled_index(input_ids, mask)]
+
+    def pooled_index(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Position ``(B,)`` read in the ``(B, T)`` sequence (context first, if any) that the LM sees.
+
+        Default: the last attended token (the appended EOS). With ``official_unpadded_eos_quirk``: ``T - k`` for
+        ``k`` trailing EOS ids, and 0 when ``k == 0`` (official ``find_last_word_token``).
+        """
+        if not self.official_unpadded_eos_quirk:
+            return mask.sum(dim=1) - 1  # right padding: the last attended token is the appended EOS
+        trailing = (input_ids == self.tokenizer.eos_token_id).flip(1).long().cumprod(dim=1).sum(dim=1)
+        return torch.where(trailing > 0, mask.shape[1] - trailing, torch.zeros_like(trailing))

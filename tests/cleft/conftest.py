@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from cleft_tiny import CORPUS, tiny_dinov2_config, tiny_gpt2_config
@@ -27,3 +30,14 @@ def text_encoder(tokenizer):
 def image_encoder():
     torch.manual_seed(0)
     return DINOv2Encoder.from_config(config=tiny_dinov2_config())
+
+
+@pytest.fixture(scope="session")
+def cleft_reference_dir(request, require_fixture) -> Path:
+    """The official code's CLEFT reference set: ``$CLEFT_REFERENCE_DIR``, else ``../shared/data/cleft_reference``."""
+    explicit = os.environ.get("CLEFT_REFERENCE_DIR")
+    folder = Path(explicit) if explicit else request.getfixturevalue("shared_data_dir") / "cleft_reference"
+    if explicit and not (folder / "cleft_tiny_expected.safetensors").is_file():
+        raise FileNotFoundError(f"CLEFT_REFERENCE_DIR={explicit!r} holds no cleft_tiny_expected.safetensors")
+    require_fixture(folder / "cleft_tiny_expected.safetensors", "CLEFT reference vectors")
+    return folder

@@ -1,7 +1,9 @@
 """CLEFT losses in the house form ``loss(output_dict, targets) -> scalar``.
 
 Stage 1 is CLIP's symmetric InfoNCE on the network's ``image_features``/``text_features`` (negatives gathered
-across ranks under DDP); stage 2 is cross-entropy over the K class prompts' ``logits``.
+across ranks under DDP), as the official CLEFT code sums it: ``CE(image->text) + CE(text->image)`` (twice CLIP's
+mean; checked against the official loss in ``tests/cleft/test_cleft_parity.py``). Stage 2 is cross-entropy over the
+K class prompts' ``logits``.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ __all__ = ["CLEFTContrastiveLoss", "PromptClassificationLoss"]
 
 
 class CLEFTContrastiveLoss(nn.Module):
-    """Symmetric InfoNCE (mean of both directions) on a CLEFT output dict; ``targets`` is unused (pairs)."""
+    """Symmetric InfoNCE, the SUM of both directions (official CLEFT), on a CLEFT output dict; ``targets`` is unused."""
 
     def __init__(self, gather_with_grad: bool = True) -> None:
         super().__init__()
         self.clip_loss = ClipLoss(gather_with_grad=gather_with_grad, normalize=False)  # features come normalised
 
     def forward(self, output: Mapping[str, torch.Tensor], targets: object = None) -> torch.Tensor:
-        return self.clip_loss(output["image_features"], output["text_features"], output["logit_scale"])
+        # ClipLoss returns the mean of the two cross-entropies; the official CLEFT loss is their sum
+        return 2.0 * self.clip_loss(output["image_features"], output["text_features"], output["logit_scale"])
 
 
 class PromptClassificationLoss(nn.Module):
