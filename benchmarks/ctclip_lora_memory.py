@@ -122,7 +122,7 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from common.methods.ctclip.zero_shot import atomic_write_bytes
+    from common.data.atomic_io import write_bytes_atomic
 
     rows = []
     for config in tqdm(CONFIGS, desc="configurations"):
@@ -146,7 +146,7 @@ def main() -> None:
         "rows": rows,
     }
     out_path = Path(args.out)
-    atomic_write_bytes(out_path.with_suffix(".json"), json.dumps(record, indent=2).encode())
+    write_bytes_atomic(json.dumps(record, indent=2).encode(), out_path.with_suffix(".json"))
     lines = [
         "# CT-CLIP training-step peak memory: LoRA vs full fine-tuning (measured in one run)\n",
         f"CT-CLIP architecture at reduced size (CTViT dim {args.dim}, 4+4 layers; volumes {record['model']['volume']}; "
@@ -166,7 +166,7 @@ def main() -> None:
             f"| {row['name']} | {row['trainable']:,} of {row['total']:,} | {row['peak_step_mib']:.0f} | {row['ratio_to_full_fine_tuning']:.2f} |"
         )
     md = "\n".join(lines) + "\n"
-    atomic_write_bytes(out_path.with_suffix(".md"), md.encode())
+    write_bytes_atomic(md.encode(), out_path.with_suffix(".md"))
     print(md)
 
 

@@ -25,9 +25,9 @@ import torch
 from tqdm import tqdm
 from transformers import BertConfig, BertModel
 
+from common.data.atomic_io import write_bytes_atomic
 from common.methods.ctclip.model import CTCLIP, zero_shot_probabilities
 from common.methods.ctclip.training import build_prompts
-from common.methods.ctclip.zero_shot import atomic_write_bytes
 from common.metrics.zero_shot import CT_RATE_PATHOLOGIES
 from common.vision.ctvit import CTViT
 from common.weights.hf_loading import load_tokenizer
@@ -157,7 +157,7 @@ def main() -> None:
         "machine": platform.machine(),
     }
     out = Path(args.out)
-    atomic_write_bytes(out.with_suffix(".json"), json.dumps(result, indent=2).encode())
+    write_bytes_atomic(json.dumps(result, indent=2).encode(), out.with_suffix(".json"))
     md = (
         "# CT-CLIP zero-shot evaluation speed (measured in one run)\n\n"
         f"Model: CT-CLIP architecture at reduced size (CTViT dim {args.dim}, 4+4 layers, volume {result['volume_shape']}; "
@@ -168,7 +168,7 @@ def main() -> None:
         f"| ours: 1 image encode per volume, 36 prompts once | {result['ours_seconds_per_volume']:.2f} |\n\n"
         f"**Speed-up: {result['speedup']:.1f}x**; max |P(present) difference| = {max_diff:.2e}.\n"
     )
-    atomic_write_bytes(out.with_suffix(".md"), md.encode())
+    write_bytes_atomic(md.encode(), out.with_suffix(".md"))
     print(md)
 
 

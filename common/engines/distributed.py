@@ -8,9 +8,9 @@ numbers of rows (9 items on 2 ranks: 5 and 4) and a plain ``all_gather`` of per-
 interleaves the shards back, so row ``i`` of the result is dataset item ``i``: metrics and written prediction files
 equal the one-process run's, row for row.
 
-Rank checks go through ``ignite.distributed`` (``idist.get_rank()``, ``idist.get_world_size()``,
-``idist.one_rank_first()``), which reads an initialised ``torch.distributed`` process group and is rank 0 of 1
-without one.
+:func:`logging_on_rank_zero` is the multi-GPU overlays' rank-0-only rule for handlers. Rank checks go through
+``ignite.distributed`` (``idist.get_rank()``, ``idist.get_world_size()``, ``idist.one_rank_first()``), which reads
+an initialised ``torch.distributed`` process group and is rank 0 of 1 without one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import ignite.distributed as idist
 import torch
 from monai.utils import evenly_divisible_all_gather
 
-__all__ = ["all_gather_rows", "interleave_shards"]
+__all__ = ["all_gather_rows", "interleave_shards", "logging_on_rank_zero"]
 
 Rows = TypeVar("Rows", torch.Tensor, list)
 
@@ -82,3 +82,29 @@ def all_gather_rows(rows: Rows) -> Rows:
     else:
         shards = idist.all_gather(list(rows))
     return interleave_shards(shards)
+
+
+def _logging_handler_types() -> tuple[type, ...]:
+    from ignite.handlers import ProgressBar
+    from monai.handlers import StatsHandler, TensorBoardImageHandler, TensorBoardStatsHandler
+
+    return (StatsHandler, TensorBoardStatsHandler, TensorBoardImageHandler, ProgressBar)
+
+
+def logging_on_rank_zero(handlers: Sequence[Any]) -> list[Any]:
+    """This rank's handlers: all of them on rank 0; on the other ranks, all but those that log or show progress.
+
+    Log lines, TensorBoard events and progress bars come once, from rank 0. Every other handler stays on every
+    rank: the validation handler (every rank evaluates its shard; the metric gathers them), the evaluation writers
+    (they gather, then rank 0 writes) and the checkpoint handlers (they write on rank 0 themselves).
+
+    Args:
+        handlers: a trainer's or evaluator's handler list, as the bundle's ``train.json`` builds it.
+
+    Returns:
+        The handlers to attach on this rank, in their order.
+    """
+    if idist.get_rank() == 0:
+        return list(handlers)
+    logging_types = _logging_handler_types()
+    return [h for h in handlers if not isinstance(h, logging_types)]

@@ -117,7 +117,7 @@ def test_evaluation_names_a_missing_label_column(repo_root, tmp_path):
 @pytest.mark.slow
 def test_multi_gpu_overlay_runs_with_two_gloo_processes(repo_root, tmp_path):
     bundle = tmp_path / "ctclip_lora"
-    # the demo data are written by rank 0 while rank 1 waits (common.data.distributed.rank_zero_first)
+    # the demo data are written by rank 0 while rank 1 waits (ignite.distributed.one_rank_first)
     result = run_bundle(
         "ctclip_lora",
         ["train", "demo", "multi_gpu_train"],

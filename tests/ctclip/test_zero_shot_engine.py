@@ -10,14 +10,11 @@ import pytest
 import torch
 from ignite.engine import Engine
 
+from common.data.atomic_io import write_bytes_atomic
+from common.methods.ctclip.inputs import check_input_files, check_pathology_names
 from common.methods.ctclip.training import CTCLIPLoss, CTCLIPPrepareBatch, build_prompts
-from common.methods.ctclip.zero_shot import (
-    ZeroShotEvalWriter,
-    ZeroShotIteration,
-    atomic_write_bytes,
-    check_input_files,
-    check_pathology_names,
-)
+from common.methods.ctclip.zero_shot import ZeroShotIteration
+from common.methods.ctclip.zero_shot_writers import ZeroShotEvalWriter
 
 
 class _IdTokenizer:
@@ -116,5 +113,5 @@ def test_writer_outputs_and_interruption_leaves_previous_files(tmp_path, monkeyp
 
 
 def test_atomic_write_creates_folders(tmp_path):
-    path = atomic_write_bytes(tmp_path / "a" / "b.json", b"{}")
+    path = write_bytes_atomic(b"{}", tmp_path / "a" / "b.json")
     assert path.read_bytes() == b"{}"
