@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from bundle_runner import TORCHRUN_2, run_bundle
+from ddp_parity import split_size, tensorboard_scalars
 
 CONFIGS = Path("bundles/ctclip_lora/configs")
 
@@ -115,18 +116,23 @@ def test_evaluation_names_a_missing_label_column(repo_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_gpu_overlay_runs_with_two_gloo_processes(repo_root, tmp_path):
-    bundle = tmp_path / "ctclip_lora"
+def test_two_ranks_score_an_odd_validation_split_as_one_process_does(repo_root, tmp_path):
+    """``multi_gpu_train.json`` on 2 gloo ranks, validating an odd split (9 volumes: 5 on rank 0, 4 on rank 1).
+
+    An honest comparison needs the same weights in both runs: the validation before training sees the seeded
+    initial weights (DDP broadcasts rank 0's, the one-process run's), and with learning rate 0 the epoch-1
+    validation sees them again; only the sharding differs. The gathered mean AUROC must equal the one-process one.
+    """
+    overrides = ("--demo_num_samples", "41", "--num_epochs", "1", "--learning_rate", "0")
+    one, two = tmp_path / "one_process", tmp_path / "two_ranks"
+    run_bundle("ctclip_lora", ["train", "demo"], one, *overrides)
     # the demo data are written by rank 0 while rank 1 waits (ignite.distributed.one_rank_first)
-    result = run_bundle(
-        "ctclip_lora",
-        ["train", "demo", "multi_gpu_train"],
-        bundle,
-        "--demo_num_samples",
-        "60",
-        "--num_epochs",
-        "2",
-        launcher=TORCHRUN_2,
-    )
-    assert (bundle / "models" / "adapters" / "adapter_config.json").is_file()
+    ddp = ["train", "demo", "multi_gpu_train"]
+    result = run_bundle("ctclip_lora", ddp, two, *overrides, "--dist_backend", "gloo", launcher=TORCHRUN_2)
+    assert split_size(two / "demo_data" / "manifest.csv", "val") == 9  # odd: the shards are uneven
+    assert (two / "models" / "adapters" / "adapter_config.json").is_file()
     assert result.stdout.count("trainable params") == 2  # one summary per rank
+    single = tensorboard_scalars(one / "logs")["val_mean_auroc"]
+    ranks = tensorboard_scalars(two / "logs")["val_mean_auroc"]
+    assert len(ranks) == 2  # before training and after epoch 1, logged once (rank 0)
+    assert ranks == pytest.approx(single, rel=1e-6)
