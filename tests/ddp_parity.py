@@ -8,7 +8,11 @@ equal the one-process run's.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 
 def split_size(manifest: Path, split: str) -> int:
@@ -28,3 +32,39 @@ def tensorboard_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
         for tag in accumulator.Tags()["scalars"]:
             scalars.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
     return scalars
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested JSON (dicts, lists) as ``{"a/b/0": leaf}``, so it compares leaf by leaf."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}/").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}/").items()}
+    return {prefix.rstrip("/"): value}
+
+
+def assert_same_results(ddp: Any, single: Any, rel: float = 1e-5, abs_: float = 1e-6) -> None:
+    """Equal structure, equal text, numbers equal up to float rounding (a batch of 5 rows and one of 9 may round
+    the same row's last bits differently). Rows compare in order: a row out of dataset order fails."""
+    ddp, single = flatten(ddp), flatten(single)
+    assert list(ddp) == list(single)
+    for key, value in single.items():
+        if isinstance(value, float) and not math.isnan(value):
+            assert ddp[key] == pytest.approx(value, rel=rel, abs=abs_), key
+        elif isinstance(value, float):
+            assert math.isnan(ddp[key]), key
+        else:
+            assert ddp[key] == value, key
+
+
+def read_csv_rows(path: Path) -> list[list[Any]]:
+    """A CSV's rows, numbers as floats (for :func:`assert_same_results`)."""
+
+    def parse(cell: str) -> Any:
+        try:
+            return float(cell)
+        except ValueError:
+            return cell
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [[parse(c) for c in row] for row in csv.reader(handle)]
