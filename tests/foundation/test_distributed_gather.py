@@ -1,4 +1,5 @@
-"""The one cross-rank gather: uneven validation shards of two gloo ranks come back whole and in dataset order."""
+"""The one cross-rank gather: uneven validation shards of two gloo ranks come back whole and in dataset order;
+logging handlers run on rank 0 only."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from common.engines.distributed import all_gather_rows, interleave_shards
+from common.engines.distributed import all_gather_rows, interleave_shards, logging_on_rank_zero
 
 NUM_ITEMS = 9  # odd: rank 0 holds 5 items, rank 1 holds 4
 
@@ -21,7 +22,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, queue) -> None:
+    from ignite.handlers import ProgressBar
     from monai.data import DataLoader, DistributedSampler
+    from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
@@ -33,7 +36,15 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
             rows.append(batch["x"])
             ids.extend(batch["id"])
         local = torch.cat(rows)
-        queue.put((rank, len(local), all_gather_rows(local).tolist(), all_gather_rows(ids)))
+        handlers = [
+            "validation",
+            StatsHandler(iteration_log=False),
+            TensorBoardStatsHandler(summary_writer=object()),
+            ProgressBar(),
+            "saver",
+        ]
+        kept = [h if isinstance(h, str) else type(h).__name__ for h in logging_on_rank_zero(handlers)]
+        queue.put((rank, len(local), all_gather_rows(local).tolist(), all_gather_rows(ids), kept))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -55,6 +66,9 @@ def test_uneven_shards_of_two_ranks_are_gathered_in_dataset_order():
     for rank in (0, 1):  # every rank gets every row, in dataset order
         assert results[rank][1] == expected_rows
         assert results[rank][2] == expected_ids
+    # rank 0 keeps every handler; the others drop the ones that log or show progress
+    assert results[0][3] == ["validation", "StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "saver"]
+    assert results[1][3] == ["validation", "saver"]
 
 
 def test_one_process_gather_is_the_identity():
