@@ -81,7 +81,7 @@ def test_loss_covers_report_tokens_only(word_tokenizer, template, train_batch):
 
 
 def test_long_reports_are_truncated_and_counted(word_tokenizer, template, items, caplog):
-    collate = ReportCollator(word_tokenizer, template, max_report_tokens=5)
+    collate = ReportCollator(word_tokenizer, template, text_max_length=5)
     with caplog.at_level("WARNING"):
         batch = collate(items)
     assert collate.num_truncated == 4 and collate.num_seen == 4
@@ -236,7 +236,7 @@ def test_each_stage_lowers_the_loss(word_tokenizer, train_batch, stage):
 def test_checkpoint_refuses_other_base_models(word_tokenizer, tmp_path):
     model = configure_stage(tiny_generator(word_tokenizer), stage=1)
     record = {"llm_path": "/weights/open_llama_7b_v2", "llm_config": None, "vision_config": {"model_type": "vit"},
-              "vision_model_path": "", "projector_type": "linear", "prompt_template": "a <image> b"}  # fmt: skip
+              "image_model_path": "", "projector_type": "linear", "prompt_template": "a <image> b"}  # fmt: skip
     save_report_gen_checkpoint(model, tmp_path / "ckpt", {**record, "stage": 1})
     moved = {**record, "llm_path": "/elsewhere/open_llama_7b_v2"}  # same weights in another folder: fine
     load_report_gen_checkpoint(tiny_generator(word_tokenizer), tmp_path / "ckpt", expected_record={**moved, "stage": 2})

@@ -72,7 +72,7 @@ def _load_adapters(owner: Any, attribute: str, folder: Path) -> None:
 
 # what must match between training and reuse; paths may differ between machines (checked by folder name only)
 _STRICT_KEYS = ("vision_config", "llm_config", "projector_type", "prompt_template")
-_PATH_KEYS = ("vision_model_path", "llm_path")
+_PATH_KEYS = ("image_model_path", "llm_path")
 
 
 def check_base_models(directory: str | Path, expected: dict[str, Any]) -> None:
@@ -91,7 +91,7 @@ def check_base_models(directory: str | Path, expected: dict[str, Any]) -> None:
     problems = []
     for key in _STRICT_KEYS:
         mine, theirs = expected.get(key), record.get(key)
-        path_key = {"vision_config": "vision_model_path", "llm_config": "llm_path"}.get(key)
+        path_key = {"vision_config": "image_model_path", "llm_config": "llm_path"}.get(key)
         loaded_from_path = bool(path_key and (expected.get(path_key) or record.get(path_key)))  # config unused then
         if key in record and key in expected and mine != theirs and not loaded_from_path:
             problems.append(f"{key}: checkpoint {theirs!r}, now {mine!r}")
