@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_directory", "write_text_atomic", "write_json_atomic"]
+__all__ = ["atomic_path", "atomic_directory", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
 
 
 def _umask() -> int:
@@ -69,6 +69,13 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` atomically (folders created): an interruption never leaves half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:

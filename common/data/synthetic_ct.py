@@ -20,10 +20,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import nibabel as nib
 import numpy as np
 
-from common.data.distributed import rank_zero_first
 from common.data.manifest import assign_patient_splits, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _report(names: Sequence[str], present: Sequence[bool], rng: np.random.Genera
     return " ".join(sentences[i] for i in order)
 
 
-@rank_zero_first()  # under DDP, rank 0 writes the files once and the other ranks reuse them
+@idist.one_rank_first()  # under DDP, rank 0 writes the files once and the other ranks reuse them
 def make_synthetic_ct_dataset(
     out_dir: str | Path,
     num_samples: int = 60,

@@ -25,10 +25,10 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import ignite.distributed as idist
 import numpy as np
 from PIL import Image
 
-from common.data.distributed import rank_zero_first
 from common.data.manifest import assign_patient_splits, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def _report(pattern: str, side: str, rng: np.random.Generator) -> str:
     return f"FINDINGS: {phrase} {tail} IMPRESSION: {phrase}"
 
 
-@rank_zero_first()  # under DDP, rank 0 writes the files once and the other ranks reuse them
+@idist.one_rank_first()  # under DDP, rank 0 writes the files once and the other ranks reuse them
 def make_synthetic_cxr_dataset(
     out_dir: str | Path,
     num_samples: int = 200,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from bundle_runner import TORCHRUN_2, run_bundle
+from ddp_parity import assert_same_results, read_csv_rows, split_size, tensorboard_scalars
 
 CONFIGS = Path("bundles/ctclip_lora/configs")
 
@@ -115,18 +116,48 @@ def test_evaluation_names_a_missing_label_column(repo_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_gpu_overlay_runs_with_two_gloo_processes(repo_root, tmp_path):
-    bundle = tmp_path / "ctclip_lora"
-    # the demo data are written by rank 0 while rank 1 waits (common.data.distributed.rank_zero_first)
-    result = run_bundle(
+def test_two_ranks_score_an_odd_validation_split_as_one_process_does(repo_root, tmp_path):
+    """``multi_gpu_train.json`` on 2 gloo ranks, validating an odd split (9 volumes: 5 on rank 0, 4 on rank 1), then
+    ``multi_gpu_evaluate.json`` on 2 ranks against a one-process evaluation of the same adapters.
+
+    An honest comparison needs the same weights in both runs: the validation before training sees the seeded
+    initial weights (DDP broadcasts rank 0's, the one-process run's), and with learning rate 0 the epoch-1
+    validation sees them again; only the sharding differs. The gathered mean AUROC must equal the one-process one.
+    Evaluation loads one checkpoint in both runs, so its eval files must be equal row for row (up to float rounding).
+    """
+    overrides = ("--demo_num_samples", "41", "--num_epochs", "1", "--learning_rate", "0")
+    one, two = tmp_path / "one_process", tmp_path / "two_ranks"
+    run_bundle("ctclip_lora", ["train", "demo"], one, *overrides)
+    # the demo data are written by rank 0 while rank 1 waits (ignite.distributed.one_rank_first)
+    ddp = ["train", "demo", "multi_gpu_train"]
+    result = run_bundle("ctclip_lora", ddp, two, *overrides, "--dist_backend", "gloo", launcher=TORCHRUN_2)
+    assert split_size(two / "demo_data" / "manifest.csv", "val") == 9  # odd: the shards are uneven
+    assert (two / "models" / "adapters" / "adapter_config.json").is_file()
+    assert result.stdout.count("trainable params") == 2  # one summary per rank
+    single = tensorboard_scalars(one / "logs")["val_mean_auroc"]
+    ranks = tensorboard_scalars(two / "logs")["val_mean_auroc"]
+    assert len(ranks) == 2  # before training and after epoch 1, logged once (rank 0)
+    assert ranks == pytest.approx(single, rel=1e-6)
+
+    # multi_gpu_evaluate.json: the same adapters evaluated on 1 and 2 ranks, on the odd test split (7 volumes)
+    # with thresholds fitted on the odd validation split: the written files must be equal, row for row
+    assert split_size(one / "demo_data" / "manifest.csv", "test") == 7
+    evaluate = ("--num_bootstrap", "20", "--demo_num_samples", "41")
+    run_bundle("ctclip_lora", ["train", "evaluate", "demo"], one, *evaluate)
+    run_bundle(
         "ctclip_lora",
-        ["train", "demo", "multi_gpu_train"],
-        bundle,
-        "--demo_num_samples",
-        "60",
-        "--num_epochs",
-        "2",
+        ["train", "evaluate", "multi_gpu_evaluate", "demo"],
+        one,
+        *evaluate,
+        "--output_dir",
+        str(one / "eval_2ranks"),
+        "--dist_backend",
+        "gloo",
         launcher=TORCHRUN_2,
     )
-    assert (bundle / "models" / "adapters" / "adapter_config.json").is_file()
-    assert result.stdout.count("trainable params") == 2  # one summary per rank
+    for name in ("zero_shot_predictions.csv", "zero_shot_per_pathology.csv"):
+        assert_same_results(read_csv_rows(one / "eval_2ranks" / name), read_csv_rows(one / "eval" / name))
+    metrics = [json.loads((one / folder / "zero_shot_metrics.json").read_text()) for folder in ("eval_2ranks", "eval")]
+    assert_same_results(*metrics)
+    predictions = read_csv_rows(one / "eval" / "zero_shot_predictions.csv")
+    assert len(predictions) == 1 + 7 and "synth_" in predictions[1][0]  # one row per volume, named by its file

@@ -10,13 +10,11 @@ import pytest
 import torch
 from ignite.engine import Engine
 
+from common.data.atomic_io import write_bytes_atomic
+from common.methods.ctclip.inputs import check_input_files, check_pathology_names
 from common.methods.ctclip.training import CTCLIPLoss, CTCLIPPrepareBatch, build_prompts
-from common.methods.ctclip.zero_shot import (
-    ZeroShotEvalWriter,
-    ZeroShotIteration,
-    check_input_files,
-    check_pathology_names,
-)
+from common.methods.ctclip.zero_shot import ZeroShotIteration
+from common.methods.ctclip.zero_shot_writers import ZeroShotEvalWriter
 
 
 class _IdTokenizer:
@@ -112,3 +110,8 @@ def test_writer_outputs_and_interruption_leaves_previous_files(tmp_path, monkeyp
         _writer(tmp_path, seed=1).write()
     assert (tmp_path / "zero_shot_metrics.json").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_write_creates_folders(tmp_path):
+    path = write_bytes_atomic(b"{}", tmp_path / "a" / "b.json")
+    assert path.read_bytes() == b"{}"

@@ -10,7 +10,7 @@ import pytest
 from ignite.engine import Engine
 
 from common.data.atomic_io import atomic_path, write_json_atomic, write_text_atomic
-from common.methods.cleft.evaluation import plot_confusion_matrix
+from common.methods.cleft.writers import plot_confusion_matrix
 from common.methods.report_gen.generation import ReportGenerationWriter
 
 

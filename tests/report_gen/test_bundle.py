@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from bundle_runner import TORCHRUN_2, run_bundle
+from ddp_parity import split_size
 from safetensors import safe_open
 
 CONFIGS = "bundles/report_gen/configs"
@@ -116,28 +117,45 @@ def test_reloaded_checkpoint_generates_what_the_trained_model_generated(repo_roo
 
 
 @pytest.mark.slow
-def test_multi_gpu_configs_run_with_two_cpu_processes(repo_root, trained_demo):
-    _run(
-        repo_root,
-        ["train.json", "demo.json", "multi_gpu_train.json"],
-        trained_demo,
-        "--num_epochs",
-        "1",
-        "--val_interval",
-        "1",
-        "--stage_ckpt_dir",
-        str(trained_demo / "models" / "ddp"),
-        launcher=TORCHRUN_2,
+def test_two_ranks_generate_an_odd_validation_split_as_one_process_does(repo_root, tmp_path):
+    """``multi_gpu_train.json`` on 2 gloo ranks, validating an odd split (9 studies: 5 on rank 0, 4 on rank 1).
+
+    An honest comparison needs the same weights in both runs: with learning rate 0 (and a 0 floor for the cosine
+    schedule) the model keeps its seeded initialisation (DDP broadcasts rank 0's, the one-process run's), so the
+    validation sees the same model in both runs and only the sharding differs. The written reports must equal the
+    one-process run's line for line (dataset order), and so must their metrics.
+    """
+    overrides = ("--demo_num_samples", "39", "--num_epochs", "1", "--val_interval", "1")
+    overrides += ("--learning_rate", "0", "--min_learning_rate", "0")
+    one, two = tmp_path / "one_process", tmp_path / "two_ranks"
+    _run(repo_root, ["train.json", "demo.json"], one, *overrides)
+    ddp = ["train.json", "demo.json", "multi_gpu_train.json"]
+    _run(repo_root, ddp, two, *overrides, "--dist_backend", "gloo", launcher=TORCHRUN_2)
+    assert split_size(two / "demo_data" / "manifest.csv", "val") == 9  # odd: the shards are uneven
+    assert (two / "models" / "stage1" / "projector.safetensors").is_file()
+    ddp = _records(two / "eval" / "val_generated_stage1.jsonl")
+    assert len(ddp) == 9  # both ranks' shards gathered
+    assert ddp == _records(one / "eval" / "val_generated_stage1.jsonl")
+    assert _metrics(two / "eval" / "val_generated_stage1_metrics.json") == _metrics(
+        one / "eval" / "val_generated_stage1_metrics.json"
     )
-    assert (trained_demo / "models" / "ddp" / "projector.safetensors").is_file()
-    metrics = _metrics(trained_demo / "eval" / "val_generated_stage1_metrics.json")
-    assert metrics["num_reports"] == 32  # both ranks' halves gathered
-    # two-process evaluation of the stage-2 checkpoint gives the single-process reports
-    _run(repo_root, ["train.json", "evaluate.json", "multi_gpu_evaluate.json", "demo.json"], trained_demo,
-         "--eval_name", "ddp", launcher=TORCHRUN_2)  # fmt: skip
-    two_ranks = {r["id"]: r["generated"] for r in _records(trained_demo / "eval" / "test_generated_ddp.jsonl")}
-    one_rank = {r["id"]: r["generated"] for r in _records(trained_demo / "eval" / "test_generated_stage2.jsonl")}
-    assert two_ranks == one_rank
+
+
+@pytest.mark.slow
+def test_two_rank_evaluation_of_an_odd_test_split_writes_the_one_process_reports(repo_root, trained_demo):
+    """``multi_gpu_evaluate.json`` on 2 gloo ranks scores the stage-2 checkpoint on 33 test studies (odd: 17 and 16
+    per rank); the same checkpoint is evaluated in one process. Reports and metrics must be equal, line for line."""
+    configs = ["train.json", "evaluate.json", "demo.json"]
+    _run(repo_root, configs, trained_demo, "--validate#max_rows", "33", "--eval_name", "odd_1rank")
+    _run(repo_root, [*configs[:2], "multi_gpu_evaluate.json", configs[2]], trained_demo,
+         "--validate#max_rows", "33", "--eval_name", "odd_2ranks", "--dist_backend", "gloo",
+         launcher=TORCHRUN_2)  # fmt: skip
+    one = _records(trained_demo / "eval" / "test_generated_odd_1rank.jsonl")
+    two = _records(trained_demo / "eval" / "test_generated_odd_2ranks.jsonl")
+    assert len(two) == 33 and two == one
+    assert _metrics(trained_demo / "eval" / "test_generated_odd_2ranks_metrics.json") == _metrics(
+        trained_demo / "eval" / "test_generated_odd_1rank_metrics.json"
+    )
 
 
 def test_metadata_verifies(repo_root):

@@ -1,8 +1,7 @@
-"""CLEFT evaluation: zero-shot / prompt-tuned classification metrics with eval files, linear probe, inference output.
+"""CLEFT evaluation: the zero-shot / prompt-tuned classification metric (computes only), the linear probe.
 
-Everything is written atomically (temp file + rename) under the bundle's ``eval/`` folder, by rank 0 only:
-``<name>_metrics.json`` (accuracy, macro AUROC, macro F1, per-class AUROC, confusion matrix) and
-``<name>_confusion_matrix.png``.
+:class:`ClassificationEvaluation` gathers every rank's predictions in dataset order and computes the report;
+:class:`~common.methods.cleft.writers.ClassificationReportWriter` writes it to ``eval/`` (rank 0).
 """
 
 from __future__ import annotations
@@ -15,28 +14,21 @@ from typing import Any
 import ignite.distributed as idist
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from sklearn.metrics import confusion_matrix
 from tqdm import tqdm
 
-from common.data.atomic_io import atomic_path, write_json_atomic
+from common.data.atomic_io import write_json_atomic
 from common.engines.checkpoint import unwrap
+from common.engines.distributed import all_gather_rows
 from common.metrics.classification import classification_metrics
 from common.metrics.linear_probe import linear_probe
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "ClassProbabilityWriter",
-    "ClassificationEvaluation",
-    "extract_image_features",
-    "list_images",
-    "plot_confusion_matrix",
-    "probs_and_label",
-    "run_linear_probe",
-]
+__all__ = ["ClassificationEvaluation", "extract_image_features", "list_images", "probs_and_label", "run_linear_probe"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
@@ -52,56 +44,22 @@ def list_images(input_dir: str | Path) -> list[str]:
     return files
 
 
-def _is_writer() -> bool:
-    return idist.get_rank() == 0
-
-
 def probs_and_label(output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Engine output (``decollate=False``) -> ``(class probabilities (B, K), class ids (B,))``."""
     return output["pred"]["probs"], output["label"]
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Save a confusion matrix (rows: truth, columns: prediction) as a PNG, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = 1.2 + 0.7 * len(class_names)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="black")
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path
-
-
 class ClassificationEvaluation(Metric):
-    """Ignite metric over an epoch of class probabilities: accuracy, macro AUROC, macro F1; writes eval files.
+    """Ignite metric over an epoch of class probabilities: accuracy, macro AUROC, macro F1 (computes, never writes).
 
-    ``compute`` returns the accuracy (a scalar, so it can be MONAI's key metric); ``{name}_auroc`` and
-    ``{name}_f1`` are added to ``engine.state.metrics`` next to it; the full report (per-class AUROC, confusion matrix, counts) goes to
-    ``output_dir/{name}_metrics.json`` with a confusion-matrix PNG, when ``output_dir`` is set.
+    ``compute`` gathers every rank's rows in dataset order and returns the accuracy (a scalar, so it can be MONAI's
+    key metric); ``{key}_auroc`` and ``{key}_f1`` are added to ``engine.state.metrics`` next to it, and the full
+    report (per-class AUROC, confusion matrix, counts, ``name``) goes to ``engine.state.metric_details[key]``, where
+    :class:`~common.methods.cleft.writers.ClassificationReportWriter` finds it.
 
     Args:
         class_names: the K classes in id order.
-        name: prefix of the metric keys and file names (``zero_shot``, ``prompt_tuned``).
-        output_dir: where to write the files (``eval/``); None writes nothing.
+        name: the report's name, prefix of its eval files (``zero_shot``, ``prompt_tuned``) and of its log line.
         output_transform: engine output -> ``(probs (B, K), class ids (B,))``.
     """
 
@@ -109,13 +67,11 @@ class ClassificationEvaluation(Metric):
         self,
         class_names: Sequence[str],
         name: str = "zero_shot",
-        output_dir: str | Path | None = None,
         output_transform: Callable = probs_and_label,
         device: str | torch.device = "cpu",
     ) -> None:
         self.class_names = list(class_names)
         self.name = name
-        self.output_dir = Path(output_dir) if output_dir else None
         super().__init__(output_transform=output_transform, device=device)
 
     @reinit__is_reduced
@@ -135,22 +91,17 @@ class ClassificationEvaluation(Metric):
     def compute(self) -> dict[str, float]:
         if not self._probs:
             raise ValueError(f"{self.name}: no samples were evaluated")
-        probs, labels = torch.cat(self._probs), torch.cat(self._labels)
-        if idist.get_world_size() > 1:
-            probs, labels = idist.all_gather(probs), idist.all_gather(labels)
+        probs, labels = all_gather_rows(torch.cat(self._probs)), all_gather_rows(torch.cat(self._labels))
         report = classification_metrics(labels.numpy(), probs.numpy(), class_names=self.class_names)
         matrix = confusion_matrix(labels.numpy(), probs.argmax(-1).numpy(), labels=list(range(len(self.class_names))))
         report.update(
-            {"num_samples": len(labels), "class_names": self.class_names, "confusion_matrix": matrix.tolist()}
+            {
+                "name": self.name,
+                "num_samples": len(labels),
+                "class_names": self.class_names,
+                "confusion_matrix": matrix.tolist(),
+            }
         )
-        if self.output_dir is not None and _is_writer():
-            write_json_atomic(report, self.output_dir / f"{self.name}_metrics.json")
-            plot_confusion_matrix(
-                matrix,
-                self.class_names,
-                self.output_dir / f"{self.name}_confusion_matrix.png",
-                title=f"{self.name}: accuracy {report['accuracy']:.3f}, AUROC {report['auroc']:.3f}",
-            )
         logger.info(
             "%s: accuracy %.4f, AUROC %.4f, F1 %.4f (n=%d)",
             self.name,
@@ -166,6 +117,9 @@ class ClassificationEvaluation(Metric):
         super().completed(engine, name)
         for key in ("auroc", "f1"):
             engine.state.metrics[f"{name}_{key}"] = float(self.last_report[key])
+        if getattr(engine.state, "metric_details", None) is None:  # MONAI engines have it; a plain Engine has not
+            engine.state.metric_details = {}
+        engine.state.metric_details[name] = self.last_report
 
 
 @torch.no_grad()
@@ -181,7 +135,7 @@ def extract_image_features(
     clip = getattr(clip, "clip", clip)  # a CLEFTClassifier wraps the dual encoder
     clip.eval()
     features, labels = [], []
-    for batch in tqdm(loader, desc=description, disable=not _is_writer()):
+    for batch in tqdm(loader, desc=description, disable=idist.get_rank() != 0):
         inputs, targets = prepare_batch(batch, device)
         features.append(clip.encode_image(inputs[clip.image_key]).float().cpu())
         labels.append(targets.cpu())
@@ -205,41 +159,9 @@ def run_linear_probe(
     )
     test_x, test_y = extract_image_features(model, test_loader, prepare_batch, device, "linear probe: test features")
     results = linear_probe(train_x, train_y, test_x, test_y, fractions=fractions, class_names=class_names, seed=seed)
-    if _is_writer():
+    if idist.get_rank() == 0:
         write_json_atomic(
             {"class_names": list(class_names), "seed": seed, "results": results},
             Path(output_dir) / "linear_probe_metrics.json",
         )
     return results
-
-
-class ClassProbabilityWriter:
-    """Ignite handler for inference: collects each image's class probabilities and writes one JSON at the end.
-
-    Output ``{"class_names": [...], "predictions": [{"image": path, "probabilities": {name: p}, "prediction": name}]}``.
-    """
-
-    def __init__(self, class_names: Sequence[str], output_path: str | Path, image_key: str = "image") -> None:
-        self.class_names = list(class_names)
-        self.output_path = Path(output_path)
-        self.image_key = image_key
-        self.rows: list[dict[str, Any]] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
-
-    def _collect(self, engine: Engine) -> None:
-        output = engine.state.output
-        probs = output["pred"]["probs"].detach().float().cpu()
-        meta = getattr(engine.state.batch.get(self.image_key), "meta", {}) or {}
-        names = meta.get("filename_or_obj", [""] * len(probs))
-        for name, row in zip(names, probs.tolist()):
-            scores = dict(zip(self.class_names, row))
-            self.rows.append({"image": str(name), "probabilities": scores, "prediction": max(scores, key=scores.get)})
-
-    def _write(self, engine: Engine) -> None:
-        if _is_writer():
-            write_json_atomic({"class_names": self.class_names, "predictions": self.rows}, self.output_path)
-            logger.info("wrote %d predictions to %s", len(self.rows), self.output_path)

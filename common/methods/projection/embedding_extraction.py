@@ -11,11 +11,11 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.data.distributed import get_rank, rank_zero_first
 from common.data.embedding_cache import EmbeddingCache, hash_file_content, hash_text
 from common.data.image_loading import describe_source
 
@@ -77,7 +77,8 @@ def extract_embeddings(
     identity = encoder.identity()
     bad: list[str] = []
     # rank 0 reads the files and fills the cache; then every other rank reads the same files and the cache
-    with rank_zero_first() as is_first:
+    with idist.one_rank_first():
+        is_first = idist.get_rank() == 0
         cache = EmbeddingCache(cache_dir, identity)
         keys: list[str | None] = []
         texts: dict[str, str] = {}
@@ -108,7 +109,7 @@ def extract_embeddings(
             keys = [None if k in failed else k for k in keys]
         elif todo and not skip_bad_rows:
             raise RuntimeError(
-                f"rank {get_rank()}: {len(todo)} {modality} embeddings that rank 0 should have cached are missing"
+                f"rank {idist.get_rank()}: {len(todo)} {modality} embeddings that rank 0 should have cached are missing"
             )
         else:
             keys = [None if k in todo else k for k in keys]  # rank 0 skipped these rows as bad

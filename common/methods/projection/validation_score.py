@@ -1,14 +1,14 @@
-"""Ignite metrics over a whole validation epoch of projection outputs, gathered across ranks."""
+"""Ignite metrics over a whole validation epoch of projection outputs, gathered across ranks in dataset order."""
 
 from __future__ import annotations
 
 import math
 
-import ignite.distributed as idist
 import torch
 from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce  # noqa: F401  (sync is done by all_gather)
+from ignite.metrics.metric import reinit__is_reduced
 
+from common.engines.distributed import all_gather_rows
 from common.metrics.embedding_quality import mean_recall_at_1, pair_auroc
 
 __all__ = ["ProjectionValidationScore"]
@@ -47,8 +47,7 @@ class ProjectionValidationScore(Metric):
     def _gathered(self, parts: list[torch.Tensor]) -> torch.Tensor | None:
         if not parts:
             return None
-        local = torch.cat(parts)
-        return idist.all_gather(local) if idist.get_world_size() > 1 else local
+        return all_gather_rows(torch.cat(parts))
 
     def compute(self) -> float:
         images, texts, labels = self._gathered(self._images), self._gathered(self._texts), self._gathered(self._labels)

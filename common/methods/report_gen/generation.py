@@ -10,11 +10,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
 from common.data.atomic_io import write_text_atomic
+from common.engines.distributed import all_gather_rows
 from common.metrics.clinical_efficacy import clinical_efficacy_metrics
 from common.metrics.nlg import nlg_metrics
 
@@ -75,22 +77,13 @@ class ReportGenerationIteration:
         return {"id": list(batch["id"]), "generated": generated, "reference": references}
 
 
-def _gather(items: list[Any]) -> list[Any]:
-    """All ranks' items on every rank (the identity outside torch.distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return items
-    parts: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
-
-
 class ReportGenerationWriter:
     """Collect generated reports over an evaluator epoch; write ``<prefix>.jsonl`` and ``<prefix>_metrics.json``.
 
     The references are the full cleaned reports (never the truncated training targets). The scores are also put
-    into ``engine.state.metrics`` (so ``key_metric`` / best-checkpoint logic can use BLEU-4). Only rank 0 writes.
+    into ``engine.state.metrics`` (so ``key_metric`` / best-checkpoint logic can use BLEU-4). Under DDP every rank
+    gathers the records in dataset order (the files equal a one-process run's, line for line); only rank 0 scores and
+    writes.
 
     Args:
         output_dir: folder of the files (the bundle's ``eval/``).
@@ -144,10 +137,8 @@ class ReportGenerationWriter:
         return metrics
 
     def write(self, engine: Engine) -> None:
-        import torch.distributed as dist
-
-        records = _gather(self.records)
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        records = all_gather_rows(self.records)  # every rank's studies, in dataset order
+        if idist.get_rank() != 0:
             return
         has_references = bool(records) and all(r["reference"] for r in records)
         metrics = (
