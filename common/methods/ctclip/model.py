@@ -101,6 +101,7 @@ class CTCLIP(nn.Module):
         drop_unused: bool = True,
         device: str | torch.device | None = None,
         bert_attn_implementation: str = "sdpa",
+        init_seed: int | None = None,
     ) -> CTCLIP:
         """Build CT-CLIP from configs, optionally loading the official checkpoint (or a local BERT folder).
 
@@ -114,7 +115,17 @@ class CTCLIP(nn.Module):
             device: where to materialise the model. With ``pretrained_path`` the model is built on the meta
                 device and the checkpoint tensors are assigned, so no random initialisation is computed.
             bert_attn_implementation: ``"sdpa"`` or ``"eager"`` (identical to ~1e-6).
+            init_seed: seed of the random weights of a model built without ``pretrained_path`` (the global RNG is
+                left untouched), so training, evaluation and inference build the same base for the adapters;
+                None draws from the global RNG.
         """
+        if init_seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(init_seed))
+                return cls.from_config(
+                    ctvit_config, bert_config, text_model_path, dim_latent, pretrained_path, drop_unused, device,
+                    bert_attn_implementation,
+                )
         from common.weights.ctclip_checkpoint import load_ctclip_checkpoint
         from common.weights.hf_loading import check_local_model_dir, load_or_build_model
 
