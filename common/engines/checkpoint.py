@@ -95,6 +95,7 @@ def metric_score(metric_name: str, greater_is_better: bool = True, engine: Engin
         value = float(metrics[metric_name])
         return -math.inf if math.isnan(value) else sign * value
 
+    score.sign = sign  # the save handler writes the metric itself (sign * priority) into the record
     return score
 
 
@@ -121,6 +122,13 @@ class EngineCheckpoint(Checkpoint):
         self.ext = "safetensors"  # Ignite's default file names end in .pt; ours are safetensors
         self.events = [events] if isinstance(events, str) else list(events)
         self.every = max(int(every), 1)
+
+    def __call__(self, engine: Engine, *args: Any, **kwargs: Any) -> None:
+        """Tell the save handler the epoch and the score's sign (for its record), then run Ignite's Checkpoint."""
+        context = getattr(self.save_handler, "context", None)
+        if isinstance(context, dict):
+            context.update(epoch=engine.state.epoch, score_sign=getattr(self.score_function, "sign", 1.0))
+        super().__call__(engine, *args, **kwargs)
 
     def attach(self, engine: Engine) -> None:
         for name in self.events:

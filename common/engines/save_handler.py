@@ -97,13 +97,18 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
         self.to_save = dict(to_save or {})
         self.save_on_rank = save_on_rank
         self._superseded: list[str] = []
+        self.context: dict[str, Any] = {}  # set by EngineCheckpoint before each save: epoch, score sign
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if idist.get_rank() != self.save_on_rank:
             return
         header = dict(self.record)
+        if "epoch" in self.context:
+            header["epoch"] = self.context["epoch"]
         if metadata and metadata.get("score_name"):
-            header.update(score_name=metadata["score_name"], priority=metadata.get("priority"))  # sign-adjusted
+            name, priority = metadata["score_name"], metadata.get("priority")
+            header.update(score_name=name, priority=priority)  # priority: the score, negated if lower is better
+            header[name] = priority * self.context.get("score_sign", 1.0)
         path = self.dirname / filename
         single = not any(isinstance(v, Mapping) for v in checkpoint.values())
         if filename.endswith(".safetensors"):

@@ -50,8 +50,9 @@ def _base_name(name: str) -> str:
 def base_fingerprint(model: torch.nn.Module, exclude_trainable: bool = False) -> str:
     """sha256 over the base weights of ``model``: every state-dict tensor except PEFT adapter tensors.
 
-    Computed once per model instance and options (cached on the module): base weights do not change while frozen.
-    Reading the tensors costs about a second per GB.
+    Not cached: reading the tensors costs about a second per GB, done once per save handler and once per load;
+    a cache could not see PEFT's in-place ``merge_and_unload``. Frozen encoders cache theirs
+    (:class:`FrozenModelIdentity`).
 
     Args:
         model: the (unwrapped, not DDP) module whose base weights identify what its checkpoints belong to.
@@ -64,10 +65,6 @@ def base_fingerprint(model: torch.nn.Module, exclude_trainable: bool = False) ->
         A 64-character hex digest.
     """
     trainable = {n for n, p in model.named_parameters() if p.requires_grad} if exclude_trainable else set()
-    key = (exclude_trainable, hash(frozenset(trainable)))
-    cache = model.__dict__.setdefault("_base_fingerprint_cache", {})
-    if key in cache:
-        return cache[key]
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         if name in trainable or _ADAPTER_PART.search(name):
@@ -75,10 +72,10 @@ def base_fingerprint(model: torch.nn.Module, exclude_trainable: bool = False) ->
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{_base_name(name)}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         if tensor.numel():
-            raw = tensor.numpy() if tensor.dtype == torch.bool else tensor.view(torch.uint8).numpy()
+            flat = tensor.reshape(-1)
+            raw = flat.numpy() if flat.dtype == torch.bool else flat.view(torch.uint8).numpy()
             digest.update(raw.tobytes())
-    cache[key] = digest.hexdigest()
-    return cache[key]
+    return digest.hexdigest()
 
 
 def combine_fingerprints(*parts: Any) -> str:
@@ -135,4 +132,6 @@ class FrozenModelIdentity:
 
     @property
     def weights_sha256(self) -> str:
-        return base_fingerprint(self.model)
+        if getattr(self, "_weights_sha256", None) is None:
+            self._weights_sha256 = base_fingerprint(self.model)
+        return self._weights_sha256
