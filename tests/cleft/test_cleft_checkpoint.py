@@ -10,8 +10,8 @@ import torch
 from cleft_tiny import CLASS_NAMES, TEMPLATE, tiny_cleft, tiny_dinov2_config, tiny_gpt2_config
 from ignite.engine import Engine
 from peft import PeftModel
-from transformers import AutoModel
 from safetensors.torch import load_file
+from transformers import AutoModel
 
 from common.engines.checkpoint import EngineCheckpoint, TrainedWeights
 from common.engines.save_handler import TrainedWeightsSaveHandler
@@ -53,7 +53,9 @@ def test_checkpoint_loads_on_its_base_and_refuses_another(tokenizer, tmp_path, t
     other = tiny_cleft(tokenizer, seed=0)
     with torch.no_grad():  # other pretrained LM weights (the random base is seeded, so it is the same otherwise)
         other.text_encoder.model.get_base_model().wte.weight.add_(1e-3)
-    with pytest.raises(ValueError, match=r"model\.safetensors belongs to base model medvlm-base:\w+ .*given base model /x"):
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors belongs to base model medvlm-base:\w+ .*given base model /x"
+    ):
         load_cleft_checkpoint(other, tmp_path / "model.safetensors", "/x")
 
 

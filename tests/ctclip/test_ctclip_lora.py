@@ -150,7 +150,9 @@ def test_saved_adapter_folder_names_its_base_and_loads_with_plain_peft(
         reference = model.eval()(_batch(expected, reference_volume))
         reloaded = PeftModel.from_pretrained(copy.deepcopy(tiny_ctclip), str(tmp_path / "adapters")).eval()
         again = reloaded(_batch(expected, reference_volume))
-        ours = load_adapters(copy.deepcopy(tiny_ctclip), tmp_path, pretrained).eval()(_batch(expected, reference_volume))
+        ours = load_adapters(copy.deepcopy(tiny_ctclip), tmp_path, pretrained).eval()(
+            _batch(expected, reference_volume)
+        )
     for key in ("image_latents", "text_latents"):
         assert torch.equal(again[key], reference[key]) and torch.equal(ours[key], reference[key])
     random_base = CTCLIP.from_config(

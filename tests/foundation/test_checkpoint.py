@@ -10,8 +10,13 @@ from ignite.engine import Engine, Events
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from common.engines.checkpoint import EngineCheckpoint, TrainedWeights, load_trained_weights, metric_score
-from common.engines.checkpoint import read_checkpoint_metadata
+from common.engines.checkpoint import (
+    EngineCheckpoint,
+    TrainedWeights,
+    load_trained_weights,
+    metric_score,
+    read_checkpoint_metadata,
+)
 from common.engines.save_handler import TrainedWeightsSaveHandler, check_adapter_folder
 from common.peft.lora import apply_lora
 from common.weights.fingerprint import base_fingerprint

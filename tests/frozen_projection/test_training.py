@@ -100,7 +100,9 @@ def test_checkpoint_for_other_encoders_is_refused(trained):
     # the same weights with another pooling give other embeddings: another base for the heads
     text_encoder.pooling, pooling = "mean" if text_encoder.pooling != "mean" else "cls", text_encoder.pooling
     try:
-        with pytest.raises(ValueError, match=r"model\.safetensors belongs to base model medvlm-base:\w+ .* but was given"):
+        with pytest.raises(
+            ValueError, match=r"model\.safetensors belongs to base model medvlm-base:\w+ .* but was given"
+        ):
             load_trained_weights(fresh, path, encoders_fingerprint(image_encoder, text_encoder))
     finally:
         text_encoder.pooling = pooling

@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["export_merged"]
 
 
-def export_merged(network: torch.nn.Module, directory: str | Path, record: Mapping[str, Any] | None = None) -> Path | None:
+def export_merged(
+    network: torch.nn.Module, directory: str | Path, record: Mapping[str, Any] | None = None
+) -> Path | None:
     """Merge the text LoRA of ``network`` (in place) and write the plain model to ``directory``, atomically.
 
     Args:

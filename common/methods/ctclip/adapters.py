@@ -1,7 +1,8 @@
 """Loading the CT-CLIP LoRA adapters onto their base, and merging them into a plain CT-CLIP for deployment.
 
-Training writes the adapters with Ignite's ``Checkpoint`` and :class:`~common.engines.save_handler.TrainedWeightsSaveHandler`
-(``models/adapters/``: PEFT's folder, ``models/adapters.safetensors``: the same tensors). The adapters of the paper's
+Training writes the adapters with Ignite's ``Checkpoint`` and
+:class:`~common.engines.save_handler.TrainedWeightsSaveHandler` (``models/adapters/``: PEFT's folder,
+``models/adapters.safetensors``: the same tensors). The adapters of the paper's
 configuration are 1.67M parameters (6.7 MB in float32), against 1.77 GB for the whole CT-CLIP checkpoint. Both
 record the base they belong to (:mod:`common.weights.fingerprint`: the fingerprint of every CT-CLIP weight but the
 adapters, so of ``pretrained_path``'s weights, or of the init seed and configs of a randomly built model), and

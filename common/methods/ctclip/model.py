@@ -123,7 +123,13 @@ class CTCLIP(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(init_seed))
                 return cls.from_config(
-                    ctvit_config, bert_config, text_model_path, dim_latent, pretrained_path, drop_unused, device,
+                    ctvit_config,
+                    bert_config,
+                    text_model_path,
+                    dim_latent,
+                    pretrained_path,
+                    drop_unused,
+                    device,
                     bert_attn_implementation,
                 )
         from common.weights.ctclip_checkpoint import load_ctclip_checkpoint

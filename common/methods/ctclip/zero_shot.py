@@ -35,6 +35,7 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 
 from common.data.atomic_io import atomic_path
+from common.engines.checkpoint import unwrap
 from common.methods.ctclip.model import zero_shot_probabilities
 from common.methods.ctclip.training import CTCLIPPrepareBatch, build_prompts
 from common.metrics.classification import safe_roc_auc
@@ -102,10 +103,6 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([chunk[:n] for chunk, n in zip(chunks, sizes)])
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
 class ZeroShotIteration:
     """``iteration_update`` for a MONAI ``SupervisedEvaluator``: one image pass per volume.
 
@@ -134,7 +131,7 @@ class ZeroShotIteration:
     def encode_prompts(self, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
         """(2K, E) latents of [present_0, absent_0, ...]."""
         tokens = self.prepare_batch.tokenize(self.prompts, device)
-        return _unwrap(model).encode_text(tokens["input_ids"], tokens["attention_mask"]).float()
+        return unwrap(model).encode_text(tokens["input_ids"], tokens["attention_mask"]).float()
 
     def __call__(self, engine: Engine, batchdata: Mapping[str, Any]) -> dict[str, Any]:
         model = engine.network
@@ -150,7 +147,7 @@ class ZeroShotIteration:
         with torch.no_grad(), context:
             if first_of_run or self._prompt_latents is None:
                 self._prompt_latents = self.encode_prompts(model, device)
-            core = _unwrap(model)
+            core = unwrap(model)
             image_latents = core.encode_volume(inputs["image"]).float()
             out = {
                 "pred": zero_shot_probabilities(image_latents, self._prompt_latents, core.logit_scale().float()),
