@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
@@ -78,7 +79,8 @@ class TrainedWeights:
 def metric_score(metric_name: str, greater_is_better: bool = True, engine: Engine | None = None) -> Callable:
     """Ignite ``score_function``: ``engine.state.metrics[metric_name]``, negated when lower is better.
 
-    A NaN score is ``-inf`` (never "best"); a metric that was not computed is a ``KeyError`` naming those that were.
+    A NaN score is ``-inf`` (never "best"); a metric that was not computed is a ``KeyError`` naming those that were
+    (on ranks other than 0, which never write, it is ``-inf``: some writers score on rank 0 only).
 
     Args:
         metric_name: the evaluator's metric (``val_zero_shot``, ``BLEU-4``, ...).
@@ -90,6 +92,8 @@ def metric_score(metric_name: str, greater_is_better: bool = True, engine: Engin
 
     def score(attached: Engine) -> float:
         metrics = (engine or attached).state.metrics
+        if metric_name not in metrics and idist.get_rank() > 0:
+            return -math.inf  # a writer that scores on rank 0 only (it is the rank that saves, too)
         if metric_name not in metrics:
             raise KeyError(f"key metric {metric_name!r} not computed; metrics: {sorted(metrics)}")
         value = float(metrics[metric_name])

@@ -116,8 +116,8 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
                 raise ValueError(f"{filename}: a safetensors checkpoint holds one object; got {sorted(checkpoint)}")
             save_safetensors(checkpoint, path, header)
         else:
-            name = (metadata or {}).get("basename", "model")
-            parts = {name: checkpoint} if single else dict(checkpoint)
+            basename = (metadata or {}).get("basename", "model")  # the to_save key of a single object
+            parts = {basename: checkpoint} if single else dict(checkpoint)
             with atomic_directory(path) as staging:
                 for key, state in parts.items():
                     obj = self.to_save.get(key)

@@ -74,7 +74,7 @@ def base_fingerprint(model: torch.nn.Module, exclude_trainable: bool = False) ->
         if tensor.numel():
             flat = tensor.reshape(-1)
             raw = flat.numpy() if flat.dtype == torch.bool else flat.view(torch.uint8).numpy()
-            digest.update(raw.tobytes())
+            digest.update(memoryview(raw))  # no copy of the bytes
     return digest.hexdigest()
 
 
