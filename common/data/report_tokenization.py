@@ -1,7 +1,7 @@
 """Collate image + report items into a causal-LM batch: prompt (with visual placeholders) + report + EOS.
 
 Labels are ``-100`` (ignored by the LM loss) on the prompt, the visual positions and the padding, so the loss covers
-report tokens (and the closing EOS) only. Reports longer than ``max_report_tokens`` are truncated and counted, and
+report tokens (and the closing EOS) only. Reports longer than ``text_max_length`` are truncated and counted, and
 each truncation is logged with the item's id. The references scored later are the full reports, never the
 truncated token sequence.
 """
@@ -57,7 +57,7 @@ class ReportCollator:
     Args:
         tokenizer: the causal LM's Hugging Face tokenizer.
         template: the prompt with its visual positions (:class:`PromptTemplate`).
-        max_report_tokens: reports are cut to this many tokens (before EOS); a cut is logged and counted.
+        text_max_length: reports are cut to this many tokens (before EOS); a cut is logged and counted.
         with_targets: append report + EOS and build labels (training); False gives the prompt alone (generation).
         image_key, report_key, id_key: item keys.
 
@@ -70,19 +70,19 @@ class ReportCollator:
         self,
         tokenizer,
         template: PromptTemplate,
-        max_report_tokens: int = 100,
+        text_max_length: int = 100,
         with_targets: bool = True,
         image_key: str = "image",
         report_key: str = "report",
         id_key: str = "id",
     ) -> None:
-        if max_report_tokens <= 0:
-            raise ValueError(f"max_report_tokens must be positive, got {max_report_tokens}")
+        if text_max_length <= 0:
+            raise ValueError(f"text_max_length must be positive, got {text_max_length}")
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token: reports need one to mark their end")
         self.tokenizer = tokenizer
         self.template = template
-        self.max_report_tokens = int(max_report_tokens)
+        self.text_max_length = int(text_max_length)
         self.with_targets = bool(with_targets)
         self.image_key, self.report_key, self.id_key = image_key, report_key, id_key
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -101,17 +101,17 @@ class ReportCollator:
     def _report_ids(self, report: str, item_id: str) -> list[int]:
         ids = self.tokenizer(report, add_special_tokens=False)["input_ids"]
         self.num_seen += 1
-        if len(ids) > self.max_report_tokens:
+        if len(ids) > self.text_max_length:
             self.num_truncated += 1
             logger.warning(
-                "report of %r has %d tokens, truncated to max_report_tokens=%d (%d of %d reports truncated so far)",
+                "report of %r has %d tokens, truncated to text_max_length=%d (%d of %d reports truncated so far)",
                 item_id,
                 len(ids),
-                self.max_report_tokens,
+                self.text_max_length,
                 self.num_truncated,
                 self.num_seen,
             )
-            ids = ids[: self.max_report_tokens]
+            ids = ids[: self.text_max_length]
         return [*ids, self.tokenizer.eos_token_id]
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:

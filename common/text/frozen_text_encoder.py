@@ -70,7 +70,7 @@ class FrozenTextEncoder(FrozenModelIdentity, nn.Module):
         if not (tokenizer_path or model_path):
             raise ValueError("a text encoder needs a tokenizer: set tokenizer_path (or text_model_path)")
         self.model = load_or_build_model(model_path, model_config, key="text_model_path").eval().requires_grad_(False)
-        self.tokenizer = load_tokenizer(tokenizer_path or model_path, key="text_tokenizer_path")
+        self.tokenizer = load_tokenizer(tokenizer_path or model_path, key="tokenizer_path")
         if self.tokenizer.pad_token is None:  # decoder LLMs ship without one
             self.tokenizer.pad_token = self.tokenizer.eos_token
         vocab = getattr(self.model.config, "vocab_size", None)

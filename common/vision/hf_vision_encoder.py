@@ -37,7 +37,7 @@ class HFVisionEncoder(nn.Module):
         model_path: str | Path | None = None,
         config: Mapping[str, Any] | PretrainedConfig | None = None,
         drop_cls_token: bool = False,
-        key: str = "vision_model_path",
+        key: str = "image_model_path",
     ) -> None:
         super().__init__()
         self.model = load_or_build_model(model_path, config, auto_class=AutoModel, key=key)

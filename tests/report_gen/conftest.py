@@ -78,9 +78,9 @@ def items():
 
 @pytest.fixture
 def train_batch(word_tokenizer, template, items):
-    return ReportCollator(word_tokenizer, template, max_report_tokens=32)(items)
+    return ReportCollator(word_tokenizer, template, text_max_length=32)(items)
 
 
 @pytest.fixture
 def prompt_batch(word_tokenizer, template, items):
-    return ReportCollator(word_tokenizer, template, max_report_tokens=32, with_targets=False)(items)
+    return ReportCollator(word_tokenizer, template, text_max_length=32, with_targets=False)(items)

@@ -80,10 +80,10 @@ def test_long_report_is_truncated_and_counted(dataset, word_tokenizer, caplog):
     root, rows = dataset
     rows[0]["report"] = "FINDINGS: " + "the heart is normal. " * 30
     loaded = load_report_rows(write_manifest(rows, root / "m.csv"), root, "train")
-    train_collate, _ = make_collators(word_tokenizer, "findings of <image> chest x-ray :", 4, max_report_tokens=16)
+    train_collate, _ = make_collators(word_tokenizer, "findings of <image> chest x-ray :", 4, text_max_length=16)
     items = [{**r, "image": torch.zeros(1, 8, 8)} for r in loaded]
     with caplog.at_level("WARNING"):
         batch = train_collate(items)
     assert train_collate.num_truncated == 1
-    assert "'0' has 150 tokens, truncated to max_report_tokens=16" in caplog.text
+    assert "'0' has 150 tokens, truncated to text_max_length=16" in caplog.text
     assert batch["report"][0] == loaded[0]["report"]  # the full report stays the reference

@@ -125,7 +125,7 @@ def test_multi_gpu_configs_run_with_two_cpu_processes(repo_root, trained_demo):
         "1",
         "--val_interval",
         "1",
-        "--ckpt_dir",
+        "--stage_ckpt_dir",
         str(trained_demo / "models" / "ddp"),
         launcher=TORCHRUN_2,
     )

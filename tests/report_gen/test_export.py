@@ -25,7 +25,7 @@ def test_merged_export_reloads_without_peft_and_generates_the_same(word_tokenize
     assert (tmp_path / "export" / "llm" / "tokenizer.json").is_file()
 
     plain = ReportGenerator.from_config(
-        vision_model_path=tmp_path / "export" / "vision", llm_path=tmp_path / "export" / "llm"
+        image_model_path=tmp_path / "export" / "vision", llm_path=tmp_path / "export" / "llm"
     )
     load_report_gen_checkpoint(plain, tmp_path / "export").eval()
     assert not any("lora" in name for name, _ in plain.named_parameters())

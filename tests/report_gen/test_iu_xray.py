@@ -73,7 +73,7 @@ def test_real_reports_flow_through_cleaning_and_collate(iu_dir, tmp_path):
     loaded = load_report_rows(write_manifest(rows, tmp_path / "iu.csv"), tmp_path, check_files=False, placeholder=None)
     assert all(r["report"] == r["report"].lower() for r in loaded)
     tokenizer = build_word_level_tokenizer([r["report"] for r in loaded] + ["findings :"])
-    collate, _ = make_collators(tokenizer, "<image> findings :", 4, max_report_tokens=30)
+    collate, _ = make_collators(tokenizer, "<image> findings :", 4, text_max_length=30)
     batch = collate([{**r, "image": torch.zeros(1, 8, 8)} for r in loaded])
     lengths = [len(tokenizer(r["report"], add_special_tokens=False)["input_ids"]) for r in loaded]
     assert collate.num_truncated == sum(n > 30 for n in lengths) > 0

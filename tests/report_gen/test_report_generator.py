@@ -83,7 +83,7 @@ def test_loss_covers_report_tokens_only(word_tokenizer, template, train_batch):
 
 
 def test_long_reports_are_truncated_and_counted(word_tokenizer, template, items, caplog):
-    collate = ReportCollator(word_tokenizer, template, max_report_tokens=5)
+    collate = ReportCollator(word_tokenizer, template, text_max_length=5)
     with caplog.at_level("WARNING"):
         batch = collate(items)
     assert collate.num_truncated == 4 and collate.num_seen == 4

@@ -118,11 +118,11 @@ def count_visual_tokens(network: torch.nn.Module, image_size: Sequence[int], cha
 
 
 def make_collators(
-    tokenizer, template: str, num_visual_tokens: int, max_report_tokens: int, add_bos: bool = True
+    tokenizer, template: str, num_visual_tokens: int, text_max_length: int, add_bos: bool = True
 ) -> tuple[ReportCollator, ReportCollator]:
     """``(train_collate, generate_collate)``: prompt + report with labels, and the prompt alone for generation."""
     prompt = PromptTemplate.from_text(template, tokenizer, num_visual_tokens, add_bos=add_bos)
     return (
-        ReportCollator(tokenizer, prompt, max_report_tokens, with_targets=True),
-        ReportCollator(tokenizer, prompt, max_report_tokens, with_targets=False),
+        ReportCollator(tokenizer, prompt, text_max_length, with_targets=True),
+        ReportCollator(tokenizer, prompt, text_max_length, with_targets=False),
     )

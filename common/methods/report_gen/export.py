@@ -9,7 +9,7 @@ PEFT and without the adapter indirection. Layout of the export folder::
     base_models.json        the record of the checkpoint it came from, with the fingerprint of the merged weights
                             (the exported model is its own base: a projector there fits only these weights)
 
-It loads back with ``ReportGenerator.from_config(vision_model_path=<export>/vision, llm_path=<export>/llm)`` and
+It loads back with ``ReportGenerator.from_config(image_model_path=<export>/vision, llm_path=<export>/llm)`` and
 :func:`common.methods.report_gen.checkpoint.load_report_gen_checkpoint` on the same folder (projector only).
 """
 

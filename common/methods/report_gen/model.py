@@ -70,7 +70,7 @@ class ReportGenerator(nn.Module):
     @classmethod
     def from_config(
         cls,
-        vision_model_path: str | Path | None = None,
+        image_model_path: str | Path | None = None,
         vision_config: Mapping[str, Any] | PretrainedConfig | None = None,
         llm_path: str | Path | None = None,
         llm_config: Mapping[str, Any] | PretrainedConfig | None = None,
@@ -82,7 +82,7 @@ class ReportGenerator(nn.Module):
         """Build from local Hugging Face folders, or from architecture configs with random weights when paths are empty.
 
         Args:
-            vision_model_path / vision_config: the image backbone (``vit``, ``dinov2``, ``swin``, ...).
+            image_model_path / vision_config: the image backbone (``vit``, ``dinov2``, ``swin``, ...).
             llm_path / llm_config: the causal LM (``llama``, ``gpt2``, ...).
             drop_cls_token: drop the backbone's CLS token from the visual tokens.
             llm_dtype: load the LLM weights in this dtype (``"bfloat16"`` halves a 7B model's memory).
@@ -94,7 +94,7 @@ class ReportGenerator(nn.Module):
         with torch.random.fork_rng(devices=[]):
             if init_seed is not None:
                 torch.manual_seed(int(init_seed))
-            vision = HFVisionEncoder(vision_model_path, vision_config, drop_cls_token=drop_cls_token)
+            vision = HFVisionEncoder(image_model_path, vision_config, drop_cls_token=drop_cls_token)
             load_kwargs = {"dtype": _DTYPES[llm_dtype]} if llm_path and llm_dtype else {}
             llm = load_or_build_model(
                 llm_path, llm_config, auto_class=AutoModelForCausalLM, key="llm_path", **load_kwargs
