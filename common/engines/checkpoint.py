@@ -1,7 +1,18 @@
-"""Checkpoints that hold only what was trained, as safetensors, written atomically; and their strict reload.
+"""Checkpoints that hold only what trained: Ignite's ``Checkpoint`` with our save handler, and their strict reload.
 
-A checkpoint records which base model it belongs to in the safetensors header (``metadata``), so a head or an
-adapter is never silently applied to other frozen weights. Loading never unpickles: ``safetensors`` only.
+Best tracking, ``n_saved``, ``score_function`` / ``score_name``, ``global_step_transform`` and writing on rank 0
+only are Ignite's :class:`ignite.handlers.Checkpoint`; :class:`EngineCheckpoint` adds the ``attach(engine)`` that
+MONAI's handler lists call, and :class:`~common.engines.save_handler.TrainedWeightsSaveHandler` writes the files
+(safetensors with the base-model record in the header, or PEFT adapter folders). A bundle config reads::
+
+    {"_target_": "common.engines.checkpoint.EngineCheckpoint",
+     "to_save": {"model": "$common.engines.checkpoint.TrainedWeights(@network)"},
+     "save_handler": {"_target_": "common.engines.save_handler.TrainedWeightsSaveHandler", "dirname": "@ckpt_dir",
+                      "base_fingerprint": "...", "record": "@base_model_record"},
+     "filename_pattern": "model.safetensors",
+     "score_function": "$common.engines.checkpoint.metric_score('val_score')"}
+
+Loading never unpickles: ``safetensors`` only, and the header's base-model fingerprint is checked.
 """
 
 from __future__ import annotations
@@ -9,31 +20,36 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from common.data.atomic_io import atomic_path
+from common.weights.fingerprint import check_base_record
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "unwrap",
-    "trained_state_dict",
-    "save_safetensors",
+    "EngineCheckpoint",
+    "TrainedWeights",
     "load_trained_weights",
+    "metric_score",
     "read_checkpoint_metadata",
-    "check_base_model",
-    "SafetensorsSaver",
+    "save_safetensors",
+    "trained_state_dict",
+    "unwrap",
 ]
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DDP / DataParallel wrappers."""
+    """The module inside DDP / DataParallel wrappers (the one place this is written)."""
     return (
         model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
     )
@@ -44,10 +60,90 @@ def trained_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in unwrap(model).named_parameters() if p.requires_grad}
 
 
+class TrainedWeights:
+    """What Ignite's ``Checkpoint`` saves of a network: ``state_dict()`` is :func:`trained_state_dict`.
+
+    Ignite calls ``state_dict()`` on every object of ``to_save``; a whole network's would carry its frozen base.
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.network = network
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return trained_state_dict(self.network)
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        unwrap(self.network).load_state_dict(state_dict, strict=False)
+
+
+def metric_score(metric_name: str, greater_is_better: bool = True, engine: Engine | None = None) -> Callable:
+    """Ignite ``score_function``: ``engine.state.metrics[metric_name]``, negated when lower is better.
+
+    A NaN score is ``-inf`` (never "best"); a metric that was not computed is a ``KeyError`` naming those that were
+    (on ranks other than 0, which never write, it is ``-inf``: some writers score on rank 0 only).
+
+    Args:
+        metric_name: the evaluator's metric (``val_zero_shot``, ``BLEU-4``, ...).
+        greater_is_better: False for a loss-like metric.
+        engine: read the metrics of this engine (the evaluator) instead of the one the checkpoint is attached to,
+            e.g. when the checkpoint runs on the trainer after the ``ValidationHandler``.
+    """
+    sign = 1.0 if greater_is_better else -1.0
+
+    def score(attached: Engine) -> float:
+        metrics = (engine or attached).state.metrics
+        if metric_name not in metrics and idist.get_rank() > 0:
+            return -math.inf  # a writer that scores on rank 0 only (it is the rank that saves, too)
+        if metric_name not in metrics:
+            raise KeyError(f"key metric {metric_name!r} not computed; metrics: {sorted(metrics)}")
+        value = float(metrics[metric_name])
+        return -math.inf if math.isnan(value) else sign * value
+
+    score.sign = sign  # the save handler writes the metric itself (sign * priority) into the record
+    return score
+
+
+class EngineCheckpoint(Checkpoint):
+    """:class:`ignite.handlers.Checkpoint` that attaches itself, so it can stand in a MONAI handler list.
+
+    Args:
+        to_save, save_handler, **kwargs: as :class:`ignite.handlers.Checkpoint` (``score_function``, ``n_saved``,
+            ``filename_pattern``, ``global_step_transform``, ``greater_or_equal``, ``save_on_rank``, ...).
+        events: Ignite event name(s) to save at (``EPOCH_COMPLETED`` on an evaluator for the best model,
+            ``COMPLETED`` on the trainer for the final one).
+        every: for ``EPOCH_COMPLETED``, save every this many epochs.
+    """
+
+    def __init__(
+        self,
+        to_save: Mapping,
+        save_handler: Any,
+        events: str | Sequence[str] = "EPOCH_COMPLETED",
+        every: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(to_save, save_handler, **kwargs)
+        self.ext = "safetensors"  # Ignite's default file names end in .pt; ours are safetensors
+        self.events = [events] if isinstance(events, str) else list(events)
+        self.every = max(int(every), 1)
+
+    def __call__(self, engine: Engine, *args: Any, **kwargs: Any) -> None:
+        """Tell the save handler the epoch and the score's sign (for its record), then run Ignite's Checkpoint."""
+        context = getattr(self.save_handler, "context", None)
+        if isinstance(context, dict):
+            context.update(epoch=engine.state.epoch, score_sign=getattr(self.score_function, "sign", 1.0))
+        super().__call__(engine, *args, **kwargs)
+
+    def attach(self, engine: Engine) -> None:
+        for name in self.events:
+            event = Events[name]
+            engine.add_event_handler(event(every=self.every) if name == "EPOCH_COMPLETED" else event, self)
+
+
 def save_safetensors(
     state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write ``state_dict`` to ``path`` atomically (temp file + rename): a crash never leaves a half file."""
+    """Write ``state_dict`` to ``path`` atomically (temp file + rename); non-string header values as JSON."""
     path = Path(path)
     header = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
@@ -56,46 +152,31 @@ def save_safetensors(
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors header (``metadata``) of ``path``."""
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
 
 
-def check_base_model(header: Mapping[str, str], source: str = "checkpoint", **expected: Any) -> None:
-    """Raise if a checkpoint header records another base model than ``expected`` (e.g. other encoder weights).
-
-    Values are compared as the JSON :func:`save_safetensors` wrote; a key the header lacks is not checked.
-    """
-    for key, value in expected.items():
-        value = value if isinstance(value, str) else json.dumps(value, default=str)
-        if key in header and header[key] != value:
-            mine, theirs = (
-                json.loads(value) if value.startswith("{") else value,
-                json.loads(header[key]) if header[key].startswith("{") else header[key],
-            )
-            differing = (
-                sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-                if isinstance(mine, dict) and isinstance(theirs, dict)
-                else []
-            )
-            raise ValueError(
-                f"{source} was trained with another {key}"
-                + (f" (differs in {differing})" if differing else "")
-                + ": use the same model weights, preprocessing and pooling as in training"
-            )
-
-
 def load_trained_weights(
-    model: torch.nn.Module, path: str | Path, expected_metadata: Mapping[str, Any] | None = None
+    model: torch.nn.Module, path: str | Path, base_fingerprint: str | None = None, base_name: str = ""
 ) -> torch.nn.Module:
-    """Load a checkpoint from :func:`save_safetensors` into ``model``.
+    """Load a checkpoint of trained weights into ``model`` (in place; returned).
 
     Every key must exist in the model with the same shape, and every trainable parameter must be in the
-    file; otherwise the error lists the offending keys. ``expected_metadata`` entries (e.g. the base model's
-    fingerprint) must match the file's header.
+    file; otherwise the error lists the offending keys.
+
+    Args:
+        model: the network (DDP-wrapped or not).
+        path: a safetensors file written by :func:`save_safetensors` / the save handler.
+        base_fingerprint: the fingerprint of the base ``model`` stands on; it must equal the one in the header
+            (see :func:`common.weights.fingerprint.check_base_record`). None skips the check (test fixtures).
+        base_name: the path or config of that base, for the error message.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (train first, or set the checkpoint path)")
+    if base_fingerprint is not None:
+        check_base_record(read_checkpoint_metadata(path), base_fingerprint, str(path), base_name)
     module = unwrap(model)
     state = load_file(str(path))
     own = module.state_dict()
@@ -108,72 +189,6 @@ def load_trained_weights(
             f"shape mismatches {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shape_mismatch[:10]]}, "
             f"missing trainable keys {missing[:10]}"
         )
-    if expected_metadata:
-        check_base_model(read_checkpoint_metadata(path), source=str(path), **expected_metadata)
     module.load_state_dict(state, strict=False)
     logger.info("loaded %d trained tensors from %s", len(state), path)
     return model
-
-
-class SafetensorsSaver:
-    """Ignite handler that writes the trained weights as safetensors (rank 0 only), MONAI-handler style.
-
-    With ``key_metric`` it attaches to the validation evaluator and writes whenever that metric improves (the
-    best model); without it, it attaches to the trainer and writes once training completes (the final model).
-
-    Args:
-        save_dir: the folder (``models/``).
-        network: the trained network (DDP-wrapped or not).
-        file_name: ``model.safetensors`` for the best, ``model_final.safetensors`` for the final weights.
-        key_metric: evaluator metric that decides "best"; None saves at ``Events.COMPLETED``.
-        metadata: header entries recording the base model (encoder identities, network config).
-        state_dict_fn: what to save (default: :func:`trained_state_dict`, the parameters that train).
-        greater_is_better: direction of ``key_metric``.
-    """
-
-    def __init__(
-        self,
-        save_dir: str | Path,
-        network: torch.nn.Module,
-        file_name: str = "model.safetensors",
-        key_metric: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        state_dict_fn: Callable[[torch.nn.Module], Mapping[str, torch.Tensor]] = trained_state_dict,
-        greater_is_better: bool = True,
-    ) -> None:
-        self.path = Path(save_dir) / file_name
-        self.network = network
-        self.key_metric = key_metric
-        self.metadata = dict(metadata or {})
-        self.state_dict_fn = state_dict_fn
-        self.sign = 1.0 if greater_is_better else -1.0
-        self.best = -math.inf
-
-    @staticmethod
-    def _is_writer() -> bool:
-        return (
-            not (torch.distributed.is_available() and torch.distributed.is_initialized())
-            or torch.distributed.get_rank() == 0
-        )
-
-    def attach(self, engine: Engine) -> None:
-        event = Events.EPOCH_COMPLETED if self.key_metric else Events.COMPLETED
-        engine.add_event_handler(event, self)
-
-    def __call__(self, engine: Engine) -> None:
-        header = {**self.metadata, "epoch": engine.state.epoch}
-        if self.key_metric:
-            value = engine.state.metrics.get(self.key_metric)
-            if value is None:
-                raise KeyError(f"key metric '{self.key_metric}' not computed; metrics: {sorted(engine.state.metrics)}")
-            if math.isnan(value) or self.sign * value <= self.best:
-                return
-            self.best = self.sign * value
-            header.update(key_metric=self.key_metric, key_metric_value=value)
-            logger.info("epoch %d: best %s = %.4f", engine.state.epoch, self.key_metric, value)
-        if self._is_writer():
-            logger.info("epoch %d: saved %s", engine.state.epoch, self.save(header))
-
-    def save(self, header: Mapping[str, Any]) -> Path:
-        """Write the checkpoint; subclasses that save another format (e.g. a PEFT folder) override this."""
-        return save_safetensors(self.state_dict_fn(self.network), self.path, header)

@@ -47,10 +47,21 @@ def test_stage1_saves_only_trained_weights_and_a_peft_folder(stage1):
     text_keys = {k for k in keys if k.startswith("text_encoder.")}
     assert text_keys and all("lora_" in k for k in text_keys)  # the frozen LM is not in the checkpoint
     assert {"image_projection.weight", "text_projection.weight", "logit_scale.log_scale"} <= keys
-    assert header["key_metric"] == "val_zero_shot" and len(header["frozen_weights"]) == 64
-    assert (stage1 / "models" / "text_lora" / "adapter_config.json").is_file()
+    assert header["score_name"] == "val_zero_shot" and len(header["base_model_fingerprint"]) == 64
     assert (stage1 / "models" / "text_lora" / "adapter_model.safetensors").is_file()
+    adapter_config = json.loads((stage1 / "models" / "text_lora" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"].startswith("medvlm-base:")  # a random LM built from a config
     assert any((stage1 / "logs").iterdir()), "TensorBoard events written"
+
+
+@pytest.mark.slow
+def test_export_merges_the_lora_into_a_plain_model(stage1):
+    _bundle_run(stage1, "train", "export")
+    export = stage1 / "models" / "export"
+    with safe_open(str(export / "model.safetensors"), framework="pt") as handle:
+        keys, header = set(handle.keys()), handle.metadata()
+    assert header["merged_lora"] == "true" and not any("lora_" in k for k in keys)
+    assert (export / "text_model" / "config.json").is_file() and (export / "image_model" / "config.json").is_file()
 
 
 @pytest.mark.slow

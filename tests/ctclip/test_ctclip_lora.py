@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
+from ignite.engine import Engine
 from transformers import BertConfig, BertModel
 
 from common.methods.ctclip.model import CTCLIP, CXR_BERT_CONFIG
@@ -122,3 +124,39 @@ def test_text_encoder_from_a_local_folder(tmp_path, reference_config):
         assert torch.equal(model.text_transformer.state_dict()[name], value)
     with pytest.raises(FileNotFoundError, match="text_model_path"):
         CTCLIP.from_config(reference_config["ctvit_config"], text_model_path=str(tmp_path / "absent"), dim_latent=16)
+
+
+def test_saved_adapter_folder_names_its_base_and_loads_with_plain_peft(
+    tmp_path, tiny_ctclip, reference_dir, reference_config, expected, reference_volume
+):
+    from peft import PeftModel
+
+    from common.engines.checkpoint import EngineCheckpoint
+    from common.engines.save_handler import TrainedWeightsSaveHandler
+    from common.methods.ctclip.adapters import ctclip_fingerprint, load_adapters
+
+    pretrained = str(reference_dir / "ctclip_tiny.safetensors")
+    model = apply_ctclip_lora(copy.deepcopy(tiny_ctclip), rank=4, alpha=8)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    handler = TrainedWeightsSaveHandler(tmp_path, ctclip_fingerprint(model), pretrained, to_save={"adapters": model})
+    assert ctclip_fingerprint(model) == ctclip_fingerprint(tiny_ctclip)  # LoRA in or not: the same base
+    EngineCheckpoint({"adapters": model}, handler, filename_pattern="adapters")(Engine(lambda e, b: None))
+    config = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == pretrained
+    with torch.no_grad():
+        reference = model.eval()(_batch(expected, reference_volume))
+        reloaded = PeftModel.from_pretrained(copy.deepcopy(tiny_ctclip), str(tmp_path / "adapters")).eval()
+        again = reloaded(_batch(expected, reference_volume))
+        ours = load_adapters(copy.deepcopy(tiny_ctclip), tmp_path, pretrained).eval()(
+            _batch(expected, reference_volume)
+        )
+    for key in ("image_latents", "text_latents"):
+        assert torch.equal(again[key], reference[key]) and torch.equal(ours[key], reference[key])
+    random_base = CTCLIP.from_config(
+        reference_config["ctvit_config"], reference_config["bert_config"], dim_latent=16, init_seed=0
+    )
+    with pytest.raises(ValueError, match=rf"belongs to base model {pretrained} .* given base model medvlm-base:"):
+        load_adapters(random_base, tmp_path)

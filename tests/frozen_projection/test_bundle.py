@@ -25,7 +25,8 @@ def test_train_evaluate_inference_end_to_end(tmp_path):
             k for k in handle.keys() if k.startswith(("image_head", "text_head", "logit_scale"))
         }
         record = handle.metadata()
-    assert "weights_sha256" in record["image_encoder"] and record["key_metric"] == "val_score"
+    assert "weights_sha256" in record["image_encoder"] and record["score_name"] == "val_score"
+    assert len(record["base_model_fingerprint"]) == 64
     assert any((tmp_path / "logs").iterdir()), "TensorBoard events written"
 
     result = _bundle_run(tmp_path, "train", "evaluate")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -200,11 +202,13 @@ def test_checkpoint_holds_only_trained_weights_and_reloads_to_identical_generati
         "llm_lora/README.md",
         "llm_lora/adapter_config.json",
         "llm_lora/adapter_model.safetensors",
+        "llm_lora/base_models.json",
         "projector.safetensors",
     ] or files == [
         "base_models.json",
         "llm_lora/adapter_config.json",
         "llm_lora/adapter_model.safetensors",
+        "llm_lora/base_models.json",
         "projector.safetensors",
     ]
 
@@ -241,16 +245,37 @@ def test_each_stage_lowers_the_loss(word_tokenizer, train_batch, stage):
 
 def test_checkpoint_refuses_other_base_models(word_tokenizer, tmp_path):
     model = configure_stage(tiny_generator(word_tokenizer), stage=1)
-    record = {"llm_path": "/weights/open_llama_7b_v2", "llm_config": None, "vision_config": {"model_type": "vit"},
-              "image_model_path": "", "projector_type": "linear", "prompt_template": "a <image> b"}  # fmt: skip
-    save_report_gen_checkpoint(model, tmp_path / "ckpt", {**record, "stage": 1})
+    record = {"llm_path": "/weights/open_llama_7b_v2", "projector_type": "linear", "prompt_template": "a <image> b"}
+    save_report_gen_checkpoint(model, tmp_path / "ckpt", {**record, "stage": 1}, base_name=record["llm_path"])
     moved = {**record, "llm_path": "/elsewhere/open_llama_7b_v2"}  # same weights in another folder: fine
     load_report_gen_checkpoint(tiny_generator(word_tokenizer), tmp_path / "ckpt", expected_record={**moved, "stage": 2})
-    for key, value in [("llm_path", "/weights/gpt2"), ("prompt_template", "other <image>"), ("vision_config", {})]:
-        with pytest.raises(ValueError, match=f"trained on other base models or prompt: {key}"):
-            load_report_gen_checkpoint(
-                tiny_generator(word_tokenizer), tmp_path / "ckpt", expected_record={**record, key: value}
-            )
+    with pytest.raises(ValueError, match="trained with another projector or prompt: prompt_template"):
+        load_report_gen_checkpoint(
+            tiny_generator(word_tokenizer), tmp_path / "ckpt", expected_record={**record, "prompt_template": "x"}
+        )
+    other = tiny_generator(word_tokenizer)
+    with torch.no_grad():  # other LLM weights than the ones the projector was trained for
+        other.language_model.get_input_embeddings().weight.add_(1e-3)
+    with pytest.raises(ValueError, match=r"belongs to base model /weights/open_llama_7b_v2 .* given base model /x"):
+        load_report_gen_checkpoint(other, tmp_path / "ckpt", base_name="/x")
+
+
+def test_adapter_folder_names_its_base_and_loads_with_plain_peft(word_tokenizer, prompt_batch, tmp_path):
+    from peft import PeftModel
+
+    model = configure_stage(tiny_generator(word_tokenizer), stage=2, lora_rank=4, lora_targets=["c_attn"])
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    save_report_gen_checkpoint(model, tmp_path / "ckpt", base_name="/weights/llm")
+    config = json.loads((tmp_path / "ckpt" / "llm_lora" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "/weights/llm"
+    plain = tiny_generator(word_tokenizer).language_model
+    loaded = PeftModel.from_pretrained(plain, str(tmp_path / "ckpt" / "llm_lora")).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model.language_model.eval()(ids).logits, rtol=0, atol=0)
 
 
 def test_nearest_vocabulary_tokens_finds_the_embedding_a_prompt_copies():
@@ -263,10 +288,12 @@ def test_nearest_vocabulary_tokens_finds_the_embedding_a_prompt_copies():
         nearest_vocabulary_tokens(prompts, torch.randn(5, 4))
 
 
-def test_checkpoint_saver_keeps_the_best_validated_epoch(word_tokenizer, tmp_path):
+def test_checkpoint_handlers_keep_the_latest_and_the_best_validated_epoch(word_tokenizer, tmp_path):
     from ignite.engine import Engine, Events
 
-    from common.methods.report_gen.checkpoint import ReportGenCheckpointSaver
+    from common.engines.checkpoint import EngineCheckpoint, metric_score
+    from common.engines.save_handler import TrainedWeightsSaveHandler
+    from common.methods.report_gen.checkpoint import checkpoint_objects, report_gen_fingerprint
 
     model = configure_stage(tiny_generator(word_tokenizer), stage=1)
     scores = iter([0.1, 0.3, 0.2])
@@ -282,7 +309,15 @@ def test_checkpoint_saver_keeps_the_best_validated_epoch(word_tokenizer, tmp_pat
 
     trainer = Engine(step)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: evaluator.run([0]))
-    ReportGenCheckpointSaver(tmp_path / "stage1", model, evaluator=evaluator).attach(trainer)
+    objects = checkpoint_objects(model)
+    handler = TrainedWeightsSaveHandler(tmp_path, report_gen_fingerprint(model), to_save=objects)
+    EngineCheckpoint(objects, handler, events=["EPOCH_COMPLETED", "COMPLETED"], filename_pattern="stage1").attach(
+        trainer
+    )
+    score = metric_score("BLEU-4", engine=evaluator)
+    EngineCheckpoint(
+        objects, handler, filename_pattern="stage1_best", score_function=score, score_name="BLEU-4"
+    ).attach(trainer)
     trainer.run([0], max_epochs=3)
 
     def epoch_of(folder):
@@ -292,6 +327,9 @@ def test_checkpoint_saver_keeps_the_best_validated_epoch(word_tokenizer, tmp_pat
 
     assert epoch_of(tmp_path / "stage1") == 3  # the latest
     assert epoch_of(tmp_path / "stage1_best") == 2  # the best BLEU-4 (0.3)
+    best = json.loads((tmp_path / "stage1_best" / "base_models.json").read_text())
+    assert best["epoch"] == 2 and best["BLEU-4"] == 0.3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage1", "stage1_best"]
 
 
 def test_collate_names_items_without_report_or_with_mismatched_images(word_tokenizer, template, items):

@@ -1,66 +1,69 @@
 """CLEFT checkpoints: base-model fingerprint, strict loading, PEFT-folder export of the text LoRA, inference model.
 
 The safetensors checkpoint (LoRA + projections + logit scale + the ViT where it trained) is written during
-training by :class:`common.engines.checkpoint.SafetensorsSaver`; this adds the adapter folder that
-``peft.PeftModel.from_pretrained(<BioMedLM>, folder)`` reads, next to it.
+training by Ignite's ``Checkpoint`` with :class:`~common.engines.save_handler.TrainedWeightsSaveHandler`; its
+header records the base (:func:`cleft_fingerprint`: every weight that does not train), checked on every load.
+:func:`export_text_lora` adds the adapter folder that ``peft.PeftModel.from_pretrained(<BioMedLM>, folder)`` reads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from safetensors.torch import load_file
 
+from common.data.atomic_io import atomic_directory
 from common.engines.checkpoint import load_trained_weights, unwrap
+from common.engines.save_handler import write_adapter_folder
 from common.methods.cleft.model import CLEFTClassifier
 from common.peft.context_prompt import ContextPrompt
-from common.peft.lora import save_lora_folder
+from common.weights.fingerprint import base_fingerprint, base_record
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_text_lora", "frozen_weights_fingerprint", "inference_classifier", "load_cleft_checkpoint"]
+__all__ = ["cleft_fingerprint", "export_text_lora", "inference_classifier", "load_cleft_checkpoint"]
 
 
-def export_text_lora(network: torch.nn.Module, checkpoint_path: str | Path, folder: str | Path) -> Path | None:
+def cleft_fingerprint(model: torch.nn.Module) -> str:
+    """The base of a CLEFT checkpoint: every weight of ``model`` that does not train (the frozen LM, the ViT where
+    frozen; in stage 2 the whole stage-1 model but the trained context). See :mod:`common.weights.fingerprint`."""
+    return base_fingerprint(unwrap(model), exclude_trainable=True)
+
+
+def export_text_lora(
+    network: torch.nn.Module, checkpoint_path: str | Path, folder: str | Path, base_name: str = ""
+) -> Path | None:
     """Load ``checkpoint_path`` (the best weights) into ``network`` and write its text LoRA to ``folder``.
 
+    The folder is PEFT's (``PeftModel.from_pretrained(<the LM>, folder)`` loads it), written atomically, with
+    ``base_model_name_or_path`` = ``base_name`` (the LM's path) or ``medvlm-base:<fingerprint of the LM>``.
     Returns the folder, or None when the text encoder has no LoRA (nothing to export) or on non-zero ranks.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+    if idist.get_rank() > 0:
         return None
     model = unwrap(network)
-    if not hasattr(model.text_encoder.model, "peft_config"):
+    language_model = model.text_encoder.model
+    if not hasattr(language_model, "peft_config"):
         logger.info("text encoder has no LoRA adapters; no PEFT folder written")
         return None
-    load_trained_weights(model, checkpoint_path)
-    path = save_lora_folder(model.text_encoder.model, folder)
-    logger.info("wrote the text LoRA of %s in PEFT format to %s", checkpoint_path, path)
-    return path
+    load_cleft_checkpoint(model, checkpoint_path, base_name)
+    with atomic_directory(folder) as staging:
+        write_adapter_folder(language_model, staging, base_record(base_fingerprint(language_model), base_name))
+    logger.info("wrote the text LoRA of %s in PEFT format to %s", checkpoint_path, folder)
+    return Path(folder)
 
 
-def frozen_weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the parameters that do not train (names, shapes, bytes): the base model a checkpoint needs.
+def load_cleft_checkpoint(model: torch.nn.Module, path: str | Path, base_name: str = "") -> torch.nn.Module:
+    """Load a stage-1 checkpoint strictly, checking that it was trained on these frozen weights.
 
-    The checkpoint holds only what trained; this fingerprint, stored in its header, makes loading onto other
-    frozen weights (another LM, another random seed of a demo model) an error instead of silent garbage.
+    Raises:
+        ValueError: the checkpoint belongs to another base (the message names both; ``base_name`` is ours).
     """
-    digest = hashlib.sha256()
-    for name, param in unwrap(model).named_parameters():
-        if param.requires_grad:
-            continue
-        tensor = param.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def load_cleft_checkpoint(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    """Load a stage-1 checkpoint strictly, checking that it was trained on these frozen weights."""
-    return load_trained_weights(model, path, expected_metadata={"frozen_weights": frozen_weights_fingerprint(model)})
+    return load_trained_weights(model, path, cleft_fingerprint(model), base_name)
 
 
 def inference_classifier(
@@ -84,5 +87,5 @@ def inference_classifier(
     classifier = CLEFTClassifier(
         clip, class_names, context=ContextPrompt(*state["context.context"].shape), trainable=trainable
     )
-    load_trained_weights(classifier, path)
+    load_trained_weights(classifier, path, cleft_fingerprint(classifier))
     return classifier.eval()

@@ -1,12 +1,17 @@
-"""Saving and loading the CT-CLIP LoRA adapters alone: safetensors and PEFT's folder format, written atomically.
+"""Loading the CT-CLIP LoRA adapters onto their base, and merging them into a plain CT-CLIP for deployment.
 
-The adapters of the paper's configuration are 1.67M parameters (6.7 MB in float32), against 1.77 GB for the
-whole CT-CLIP checkpoint. The safetensors header records the LoRA settings and the base checkpoint, so an
-adapter file says which base weights it belongs to.
+Training writes the adapters with Ignite's ``Checkpoint`` and
+:class:`~common.engines.save_handler.TrainedWeightsSaveHandler` (``models/adapters/``: PEFT's folder,
+``models/adapters.safetensors``: the same tensors). The adapters of the paper's
+configuration are 1.67M parameters (6.7 MB in float32), against 1.77 GB for the whole CT-CLIP checkpoint. Both
+record the base they belong to (:mod:`common.weights.fingerprint`: the fingerprint of every CT-CLIP weight but the
+adapters, so of ``pretrained_path``'s weights, or of the init seed and configs of a randomly built model), and
+:func:`load_adapters` refuses another base by name.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,42 +20,36 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from common.data.atomic_io import atomic_directory
-from common.engines.checkpoint import SafetensorsSaver, save_safetensors
-from common.peft.lora import load_lora_folder, lora_state_dict, save_lora_folder
+from common.engines.checkpoint import save_safetensors, unwrap
+from common.engines.save_handler import check_adapter_folder
+from common.peft.lora import load_lora_folder
+from common.weights.fingerprint import base_fingerprint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BestAdapterSaver", "load_adapters", "save_adapters"]
+__all__ = ["ctclip_fingerprint", "export_merged", "load_adapters"]
 
-ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_FOLDER = "adapters"
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+def ctclip_fingerprint(model: torch.nn.Module) -> str:
+    """The base-model fingerprint of CT-CLIP adapters: every weight of ``model`` except the LoRA tensors.
 
-
-def save_adapters(model: PeftModel, save_dir: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write ``<save_dir>/adapters.safetensors`` and the PEFT folder ``<save_dir>/adapters/``; returns the folder.
-
-    The folder is written beside the old one and swapped in, so an interruption leaves the previous adapters.
+    The same for the plain model and the LoRA-wrapped one, so training and loading agree.
     """
-    model = _unwrap(model)
-    if not isinstance(model, PeftModel):
-        raise TypeError(f"expected a PEFT model with LoRA adapters, got {type(model).__name__}")
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors(lora_state_dict(model), save_dir / ADAPTER_FILE, metadata)
-    with atomic_directory(save_dir / ADAPTER_FOLDER) as staging:
-        save_lora_folder(model, staging)
-    return save_dir / ADAPTER_FOLDER
+    return base_fingerprint(unwrap(model))
 
 
-def load_adapters(model: torch.nn.Module, adapter_dir: str | Path = "") -> torch.nn.Module:
+def load_adapters(model: torch.nn.Module, adapter_dir: str | Path = "", base_name: str = "") -> torch.nn.Module:
     """``model`` with the PEFT adapters of ``adapter_dir`` (frozen, for evaluation); empty: the base model.
 
-    ``adapter_dir`` may be the PEFT folder itself or the ``models/`` folder that holds ``adapters/``.
+    Args:
+        model: the base CT-CLIP (built like the one the adapters trained on).
+        adapter_dir: the PEFT folder itself or the ``models/`` folder that holds ``adapters/``.
+        base_name: the base's ``pretrained_path`` (or empty), for the error message.
+
+    Raises:
+        ValueError: the adapters belong to another base model (the message names both).
     """
     if not adapter_dir:
         logger.warning("no adapter_dir given: evaluating the base CT-CLIP model without LoRA adapters")
@@ -60,6 +59,7 @@ def load_adapters(model: torch.nn.Module, adapter_dir: str | Path = "") -> torch
         folder = folder / ADAPTER_FOLDER
     if not folder.exists():
         raise FileNotFoundError(f"adapter_dir={str(adapter_dir)!r} does not exist (train first, or set adapter_dir)")
+    check_adapter_folder(folder, model, base_name)
     return load_lora_folder(model, folder, is_trainable=False)
 
 
@@ -70,33 +70,9 @@ def export_merged(model: PeftModel, path: str | Path, metadata: Mapping[str, Any
     so it loads with ``load_ctclip_checkpoint`` into a model built with ``keep_unused=False`` — no PEFT needed
     at deployment. ``model`` itself is left unmerged.
     """
-    import copy
-
-    model = _unwrap(model)
+    model = unwrap(model)
     if not isinstance(model, PeftModel):
         raise TypeError(f"expected a PEFT model with LoRA adapters, got {type(model).__name__}")
     merged = copy.deepcopy(model).merge_and_unload()
     state = {k: v for k, v in merged.state_dict().items() if not k.endswith(("position_ids", "token_type_ids"))}
     return save_safetensors(state, path, {**dict(metadata or {}), "merged_lora": "true"})
-
-
-class BestAdapterSaver(SafetensorsSaver):
-    """Ignite handler: save the adapters when the evaluator's key metric improves (rank 0 only).
-
-    Attach to the validation evaluator. With ``key_metric=None`` it saves after every run of the engine it is
-    attached to (e.g. the trainer's ``COMPLETED``). Best-tracking and rank handling are
-    :class:`~common.engines.checkpoint.SafetensorsSaver`'s; only the format differs (safetensors + PEFT folder).
-    """
-
-    def __init__(
-        self,
-        save_dir: str | Path,
-        network: torch.nn.Module,
-        key_metric: str | None = "val_mean_auroc",
-        metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(save_dir, network, file_name=ADAPTER_FOLDER, key_metric=key_metric, metadata=metadata)
-        self.save_dir = Path(save_dir)
-
-    def save(self, header: Mapping[str, Any]) -> Path:
-        return save_adapters(self.network, self.save_dir, header)

@@ -120,9 +120,9 @@ class CTCLIP(nn.Module):
             device: where to materialise the model. With ``pretrained_path`` the model is built on the meta
                 device and the checkpoint tensors are assigned, so no random initialisation is computed.
             bert_attn_implementation: ``"sdpa"`` or ``"eager"`` (identical to ~1e-6).
-            init_seed: seed of the random weights when no ``pretrained_path`` is given, drawn from a forked RNG
-                (the global one is left as it was), so that training, evaluation and inference build the same
-                random base whatever ran before; None: the global RNG as it stands.
+            init_seed: seed of the random weights of a model built without ``pretrained_path`` (the global RNG is
+                left untouched), so training, evaluation and inference build the same base for the adapters;
+                None draws from the global RNG.
         """
         from common.weights.ctclip_checkpoint import load_ctclip_checkpoint
         from common.weights.hf_loading import check_local_model_dir, load_or_build_model

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from common.losses.clip_loss import LogitScale
+from common.weights.fingerprint import combine_fingerprints
 
-__all__ = ["ProjectionHead", "DualProjectionModel"]
+__all__ = ["ProjectionHead", "DualProjectionModel", "encoders_fingerprint"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -112,3 +113,9 @@ class DualProjectionModel(nn.Module):
         if len(out) == 1:
             raise ValueError(f"batch has neither 'image_embedding' nor 'text_embedding'; keys: {sorted(batch)}")
         return out
+
+
+def encoders_fingerprint(image_encoder: Any, text_encoder: Any) -> str:
+    """The base-model fingerprint of projection heads: their two frozen encoders' identities (weights sha256,
+    pooling, preprocessing), so heads are never applied to embeddings of other encoders or preprocessing."""
+    return combine_fingerprints(image_encoder.identity(), text_encoder.identity())

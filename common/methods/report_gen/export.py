@@ -6,7 +6,8 @@ PEFT and without the adapter indirection. Layout of the export folder::
     llm/                    the merged causal LM (``save_pretrained``, safetensors) and its tokenizer
     vision/                 the vision encoder (merged too when it had LoRA)
     projector.safetensors   the projector
-    base_models.json        the record of the checkpoint it came from
+    base_models.json        the record of the checkpoint it came from, with the fingerprint of the merged weights
+                            (the exported model is its own base: a projector there fits only these weights)
 
 It loads back with ``ReportGenerator.from_config(image_model_path=<export>/vision, llm_path=<export>/llm)`` and
 :func:`common.methods.report_gen.checkpoint.load_report_gen_checkpoint` on the same folder (projector only).
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
-from safetensors.torch import save_file
 
 from common.data.atomic_io import atomic_directory
-from common.methods.report_gen.checkpoint import PROJECTOR_FILE
+from common.engines.checkpoint import save_safetensors, unwrap
+from common.engines.save_handler import RECORD_FILE
+from common.methods.report_gen.checkpoint import PROJECTOR_FILE, report_gen_fingerprint
 from common.methods.report_gen.model import ReportGenerator
+from common.weights.fingerprint import base_record
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def export_merged(
         tokenizer: saved next to the LLM so that ``llm/`` is a complete Hugging Face folder.
         record: written to ``base_models.json``.
     """
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     if isinstance(model.language_model, PeftModel):
         model.language_model = model.language_model.merge_and_unload()
     if isinstance(model.vision_encoder.model, PeftModel):
@@ -53,8 +56,12 @@ def export_merged(
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "llm"))
         model.vision_encoder.model.save_pretrained(str(tmp / "vision"), safe_serialization=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
-        save_file(state, str(tmp / PROJECTOR_FILE), metadata={"format": "pt", "projector_type": model.projector.kind})
-        (tmp / "base_models.json").write_text(json.dumps({**(record or {}), "merged": True}, indent=2, default=str))
+        header = {
+            **(record or {}),
+            "merged": True,
+            **base_record(report_gen_fingerprint(model), str(directory / "llm")),
+        }
+        save_safetensors(model.projector.state_dict(), tmp / PROJECTOR_FILE, header)
+        (tmp / RECORD_FILE).write_text(json.dumps(header, indent=2, default=str))
     logger.info("exported the merged report generator to %s", directory)
     return directory

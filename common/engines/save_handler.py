@@ -1,0 +1,140 @@
+"""The one save handler of our checkpoints: safetensors files or PEFT adapter folders, each with its base record.
+
+:class:`TrainedWeightsSaveHandler` is an :class:`ignite.handlers.checkpoint.BaseSaveHandler`; Ignite's
+``Checkpoint`` decides when to save, what is best, and which files are superseded. What it writes depends on
+the file name Ignite gives it:
+
+- ``*.safetensors``: the state dict (of :class:`~common.engines.checkpoint.TrainedWeights`) with the base-model
+  record (:func:`common.weights.fingerprint.base_record`) and the score in the header.
+- any other name: a folder, written beside the old one and swapped in (``common.data.atomic_io``). Each object of
+  ``to_save`` that is a PEFT model is written with its own ``save_pretrained`` (``adapter_config.json`` with
+  ``base_model_name_or_path`` set, ``adapter_model.safetensors``), in a sub-folder named by its ``to_save`` key,
+  or as the folder itself when it is the only object; every other object as ``<key>.safetensors``. The folder's
+  ``base_models.json`` holds the record, so ``PeftModel.from_pretrained(base, folder)`` keeps working unchanged.
+
+A superseded file is removed only after its replacement is complete, so a crash leaves the previous best.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.handlers.checkpoint import BaseSaveHandler
+
+from common.data.atomic_io import atomic_directory
+from common.engines.checkpoint import save_safetensors, unwrap
+from common.weights.fingerprint import BASE_NAME_KEY, base_fingerprint, base_record, check_base_record
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RECORD_FILE", "TrainedWeightsSaveHandler", "check_adapter_folder", "write_adapter_folder"]
+
+RECORD_FILE = "base_models.json"
+
+
+def _is_peft(module: Any) -> bool:
+    return hasattr(unwrap(module), "peft_config") and hasattr(unwrap(module), "save_pretrained")
+
+
+def write_adapter_folder(peft_model: torch.nn.Module, folder: str | Path, record: Mapping[str, Any]) -> Path:
+    """Write ``peft_model``'s adapters with its ``save_pretrained`` into ``folder`` (which must be a fresh one,
+    e.g. the staging folder of ``atomic_directory``), with ``base_model_name_or_path`` and ``base_models.json``
+    naming the base; returns the folder."""
+    model = unwrap(peft_model)
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = record[BASE_NAME_KEY]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / RECORD_FILE).write_text(json.dumps(dict(record), indent=2, default=str))
+    return folder
+
+
+def check_adapter_folder(folder: str | Path, base: torch.nn.Module, base_name: str = "") -> None:
+    """Raise ``ValueError`` unless the adapter folder was written for ``base`` (its fingerprint, adapters left out).
+
+    Args:
+        folder: a folder written by :func:`write_adapter_folder` (or a checkpoint folder holding ``base_models.json``).
+        base: the model the adapters are about to be loaded onto (with or without adapters in it already).
+        base_name: its path or config, for the message.
+    """
+    record_file = Path(folder) / RECORD_FILE
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    check_base_record(record, base_fingerprint(unwrap(base)), str(folder), base_name)
+
+
+class TrainedWeightsSaveHandler(BaseSaveHandler):
+    """Writes what ``Checkpoint`` hands it under ``dirname``, on ``save_on_rank`` only (see the module docstring).
+
+    Args:
+        dirname: the folder of the checkpoints (``models/``).
+        base_fingerprint: the fingerprint of the base model (:mod:`common.weights.fingerprint`).
+        base_model_name_or_path: the base weights' path; empty for a model built from a config and init seed.
+        record: more header entries (method, configs of the trained parts, LoRA settings).
+        to_save: the same mapping as the ``Checkpoint``'s, so PEFT objects are written with ``save_pretrained``;
+            None writes only safetensors.
+        save_on_rank: the rank that writes (Ignite's convention; 0).
+    """
+
+    def __init__(
+        self,
+        dirname: str | Path,
+        base_fingerprint: str,
+        base_model_name_or_path: str | None = "",
+        record: Mapping[str, Any] | None = None,
+        to_save: Mapping[str, Any] | None = None,
+        save_on_rank: int = 0,
+    ) -> None:
+        self.dirname = Path(dirname)
+        self.record = {**dict(record or {}), **base_record(base_fingerprint, base_model_name_or_path)}
+        self.to_save = dict(to_save or {})
+        self.save_on_rank = save_on_rank
+        self._superseded: list[str] = []
+        self.context: dict[str, Any] = {}  # set by EngineCheckpoint before each save: epoch, score sign
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        header = dict(self.record)
+        if "epoch" in self.context:
+            header["epoch"] = self.context["epoch"]
+        if metadata and metadata.get("score_name"):
+            name, priority = metadata["score_name"], metadata.get("priority")
+            header.update(score_name=name, priority=priority)  # priority: the score, negated if lower is better
+            header[name] = priority * self.context.get("score_sign", 1.0)
+        path = self.dirname / filename
+        single = not any(isinstance(v, Mapping) for v in checkpoint.values())
+        if filename.endswith(".safetensors"):
+            if not single:
+                raise ValueError(f"{filename}: a safetensors checkpoint holds one object; got {sorted(checkpoint)}")
+            save_safetensors(checkpoint, path, header)
+        else:
+            basename = (metadata or {}).get("basename", "model")  # the to_save key of a single object
+            parts = {basename: checkpoint} if single else dict(checkpoint)
+            with atomic_directory(path) as staging:
+                for key, state in parts.items():
+                    obj = self.to_save.get(key)
+                    if obj is not None and _is_peft(obj):
+                        write_adapter_folder(obj, staging if single else staging / key, header)
+                    else:
+                        save_safetensors(state, staging / f"{key}.safetensors", header)
+                (staging / RECORD_FILE).write_text(json.dumps(header, indent=2, default=str))
+        logger.info("saved %s", path)
+        for old in self._superseded:
+            if old != filename:
+                target = self.dirname / old
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        self._superseded.clear()
+
+    def remove(self, filename: str) -> None:
+        """Mark ``filename`` superseded; Ignite calls this right before writing its replacement, which deletes it
+        once the new file is complete (a fixed file name, as ``model.safetensors``, is simply overwritten)."""
+        if idist.get_rank() == self.save_on_rank:
+            self._superseded.append(filename)

@@ -1,0 +1,108 @@
+"""The one checkpoint mechanism: Ignite's Checkpoint + our save handler keeps the best epoch, not the worst."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from common.engines.checkpoint import (
+    EngineCheckpoint,
+    TrainedWeights,
+    load_trained_weights,
+    metric_score,
+    read_checkpoint_metadata,
+)
+from common.engines.save_handler import TrainedWeightsSaveHandler, check_adapter_folder
+from common.peft.lora import apply_lora
+from common.weights.fingerprint import base_fingerprint
+
+
+def _run_epochs(tmp_path, scores, greater_is_better, to_save=None, filename="model.safetensors"):
+    """Three "epochs" whose weights equal the epoch number and whose validation metric is ``scores[epoch - 1]``."""
+    net = torch.nn.Linear(2, 1, bias=False)
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    model = torch.nn.ModuleDict({"head": net, "frozen": frozen})
+    to_save = to_save or {"model": TrainedWeights(model)}
+    handler = TrainedWeightsSaveHandler(tmp_path, base_fingerprint(model, exclude_trainable=True), to_save=to_save)
+    checkpoint = EngineCheckpoint(
+        to_save,
+        handler,
+        filename_pattern=filename,
+        score_function=metric_score("val", greater_is_better),
+        score_name="val",
+    )
+
+    def epoch(engine, _):
+        with torch.no_grad():
+            net.weight.fill_(engine.state.epoch)
+        engine.state.metrics["val"] = scores[engine.state.epoch - 1]
+
+    engine = Engine(epoch)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: None)
+    checkpoint.attach(engine)
+    engine.run([0], max_epochs=len(scores))
+    return model, tmp_path / (filename or "")
+
+
+@pytest.mark.parametrize("greater_is_better, kept_epoch", [(True, 2), (False, 1)])
+def test_best_tracking_keeps_the_best_epoch(tmp_path, greater_is_better, kept_epoch):
+    model, path = _run_epochs(tmp_path, [0.2, 0.9, 0.5], greater_is_better)
+    state = load_file(str(path))
+    assert sorted(state) == ["head.weight"]  # only what trained
+    assert torch.all(state["head.weight"] == kept_epoch), f"kept epoch {state['head.weight'].flatten()[0]:.0f}"
+    header = read_checkpoint_metadata(path)
+    assert header["score_name"] == "val" and header["base_model_fingerprint"] == base_fingerprint(
+        model, exclude_trainable=True
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp or superseded file left
+
+
+def test_nan_score_is_never_best(tmp_path):
+    _, path = _run_epochs(tmp_path, [0.4, float("nan"), 0.3], True)
+    assert torch.all(load_file(str(path))["head.weight"] == 1)
+
+
+def test_default_names_remove_superseded_files(tmp_path):
+    _run_epochs(tmp_path, [0.2, 0.9, 0.5], True, filename=None)
+    assert [p.name for p in tmp_path.iterdir()] == ["model_val=0.9000.safetensors"]
+
+
+def test_load_refuses_another_base(tmp_path):
+    model, path = _run_epochs(tmp_path, [0.2, 0.9, 0.5], True)
+    load_trained_weights(model, path, base_fingerprint(model, exclude_trainable=True))
+    other = torch.nn.ModuleDict({"head": torch.nn.Linear(2, 1, bias=False), "frozen": torch.nn.Linear(2, 2)})
+    other["frozen"].requires_grad_(False)
+    with pytest.raises(ValueError, match="belongs to base model medvlm-base:"):
+        load_trained_weights(other, path, base_fingerprint(other, exclude_trainable=True), "other")
+
+
+def test_peft_folder_is_written_atomically_with_its_base_and_loads_with_plain_peft(tmp_path):
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    peft_model = apply_lora(base, ["0"], rank=2, log_summary=False)
+    to_save = {"adapters": peft_model}
+    handler = TrainedWeightsSaveHandler(tmp_path, base_fingerprint(peft_model), "/weights/base", to_save=to_save)
+    checkpoint = EngineCheckpoint(to_save, handler, filename_pattern="adapters", score_function=metric_score("val"))
+
+    def epoch(engine, _):
+        with torch.no_grad():
+            peft_model.base_model.model[0].lora_B["default"].weight.fill_(engine.state.epoch)
+        engine.state.metrics["val"] = [0.2, 0.9, 0.5][engine.state.epoch - 1]
+
+    engine = Engine(epoch)
+    checkpoint.attach(engine)
+    engine.run([0], max_epochs=3)
+    folder = tmp_path / "adapters"
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "/weights/base"
+    torch.manual_seed(0)
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    check_adapter_folder(folder, fresh)
+    loaded = PeftModel.from_pretrained(fresh, str(folder))
+    assert torch.all(loaded.base_model.model[0].lora_B["default"].weight == 2)
+    with pytest.raises(ValueError, match=r"belongs to base model /weights/base"):
+        check_adapter_folder(folder, torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)))
