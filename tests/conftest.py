@@ -47,6 +47,25 @@ def require_fixture():
 
 
 @pytest.fixture(scope="session")
+def reference_set(request, require_fixture):
+    """``reference_set(env_var, subdir, marker, what)``: a folder of reference vectors from official code.
+
+    ``$env_var`` names another set (the same tests then run against it unchanged; a set without ``marker`` is an
+    error); otherwise ``../shared/data/<subdir>``, which fails in CI and skips locally when absent.
+    """
+
+    def find(env_var: str, subdir: str, marker: str, what: str) -> Path:
+        explicit = os.environ.get(env_var)
+        folder = Path(explicit) if explicit else request.getfixturevalue("shared_data_dir") / subdir
+        if explicit and not (folder / marker).is_file():
+            raise FileNotFoundError(f"{env_var}={explicit!r} holds no {marker}")
+        require_fixture(folder / marker, what)
+        return folder
+
+    return find
+
+
+@pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """../shared/data (real sample files); see :func:`require_fixture_path` for what happens where it is absent."""
     return require_fixture_path(SHARED_DATA, "real sample data")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -33,11 +32,8 @@ def image_encoder():
 
 
 @pytest.fixture(scope="session")
-def cleft_reference_dir(request, require_fixture) -> Path:
-    """The official code's CLEFT reference set: ``$CLEFT_REFERENCE_DIR``, else ``../shared/data/cleft_reference``."""
-    explicit = os.environ.get("CLEFT_REFERENCE_DIR")
-    folder = Path(explicit) if explicit else request.getfixturevalue("shared_data_dir") / "cleft_reference"
-    if explicit and not (folder / "cleft_tiny_expected.safetensors").is_file():
-        raise FileNotFoundError(f"CLEFT_REFERENCE_DIR={explicit!r} holds no cleft_tiny_expected.safetensors")
-    require_fixture(folder / "cleft_tiny_expected.safetensors", "CLEFT reference vectors")
-    return folder
+def cleft_reference_dir(reference_set) -> Path:
+    """``$CLEFT_REFERENCE_DIR`` (another reference set), else ``../shared/data/cleft_reference``."""
+    return reference_set(
+        "CLEFT_REFERENCE_DIR", "cleft_reference", "cleft_tiny_expected.safetensors", "CLEFT reference vectors"
+    )

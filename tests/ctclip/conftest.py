@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,11 @@ from common.methods.ctclip.model import CTCLIP
 
 
 @pytest.fixture(scope="session")
-def reference_dir(request, require_fixture) -> Path:
+def reference_dir(reference_set) -> Path:
     """``$CTCLIP_REFERENCE_DIR`` (another reference set), else ``../shared/data/ctclip_reference``."""
-    explicit = os.environ.get("CTCLIP_REFERENCE_DIR")
-    folder = Path(explicit) if explicit else request.getfixturevalue("shared_data_dir") / "ctclip_reference"
-    if explicit and not (folder / "ctclip_tiny_expected.safetensors").is_file():
-        raise FileNotFoundError(f"CTCLIP_REFERENCE_DIR={explicit!r} holds no ctclip_tiny_expected.safetensors")
-    require_fixture(folder / "ctclip_tiny_expected.safetensors", "CT-CLIP reference vectors")
-    return folder
+    return reference_set(
+        "CTCLIP_REFERENCE_DIR", "ctclip_reference", "ctclip_tiny_expected.safetensors", "CT-CLIP reference vectors"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from id_tokenizer import IdTokenizer
 from ignite.engine import Engine
 
 from common.data.atomic_io import write_bytes_atomic
@@ -16,22 +17,11 @@ from common.methods.ctclip.training import CTCLIPLoss, CTCLIPPrepareBatch, build
 from common.methods.ctclip.zero_shot import ZeroShotIteration
 from common.methods.ctclip.zero_shot_writers import ZeroShotEvalWriter
 
-
-class _IdTokenizer:
-    """Maps each prompt to fixed token ids (< 1024, [CLS]=2, [SEP]=3, pad 0), like a WordPiece tokenizer would."""
-
-    def __call__(self, texts, padding="longest", truncation=True, max_length=512, return_tensors="pt"):
-        ids = [[2] + [(sum(map(ord, w)) % 1000) + 10 for w in t.split()] + [3] for t in texts]
-        length = max_length if padding == "max_length" else max(map(len, ids))
-        input_ids = torch.tensor([i + [0] * (length - len(i)) for i in ids])
-        return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
-
-
 NAMES = ["Lung nodule", "Emphysema", "Pleural effusion"]
 
 
 def test_once_encoded_scores_equal_official_loop(tiny_ctclip, reference_volume):
-    tokenizer = _IdTokenizer()
+    tokenizer = IdTokenizer()
     iteration = ZeroShotIteration(CTCLIPPrepareBatch(tokenizer, "prompt_pair", NAMES, require_labels=False), NAMES)
     engine = Engine(iteration)
     engine.network, engine.non_blocking = tiny_ctclip, False
@@ -71,7 +61,7 @@ def test_prompts_and_names():
     with pytest.raises(FileNotFoundError, match="nope.nii.gz"):
         check_input_files(["nope.nii.gz"])
     with pytest.raises(ValueError, match="label column"):
-        CTCLIPPrepareBatch(_IdTokenizer(), "prompt_pair", ["A"])({"image": torch.zeros(1, 1, 4, 8, 8)})
+        CTCLIPPrepareBatch(IdTokenizer(), "prompt_pair", ["A"])({"image": torch.zeros(1, 1, 4, 8, 8)})
 
 
 def _writer(tmp_path, seed=0):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from id_tokenizer import IdTokenizer
 from ignite.engine import Engine
 
 from common.methods.ctclip.model import CTCLIP
@@ -17,16 +18,6 @@ TINY_BERT = {"vocab_size": 1024, "hidden_size": 16, "num_hidden_layers": 1, "num
              "attention_probs_dropout_prob": 0.5}  # fmt: skip
 
 
-class _IdTokenizer:
-    """Maps each prompt to fixed token ids (< 1024, [CLS]=2, [SEP]=3, pad 0), like a WordPiece tokenizer would."""
-
-    def __call__(self, texts, padding="longest", truncation=True, max_length=512, return_tensors="pt"):
-        ids = [[2] + [(sum(map(ord, w)) % 1000) + 10 for w in t.split()] + [3] for t in texts]
-        length = max_length if padding == "max_length" else max(map(len, ids))
-        input_ids = torch.tensor([i + [0] * (length - len(i)) for i in ids])
-        return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
-
-
 def _engine(model: torch.nn.Module, iteration: ZeroShotIteration) -> Engine:
     engine = Engine(iteration)
     engine.network, engine.non_blocking = model, False
@@ -38,7 +29,7 @@ def test_scores_of_a_model_in_train_mode_equal_the_eval_mode_reference():
     torch.manual_seed(0)
     model = CTCLIP.from_config(TINY_CTVIT, TINY_BERT, dim_latent=8)
     volume = torch.randn(2, 1, 8, 16, 16)
-    prepare = CTCLIPPrepareBatch(_IdTokenizer(), "prompt_pair", NAMES, require_labels=False)
+    prepare = CTCLIPPrepareBatch(IdTokenizer(), "prompt_pair", NAMES, require_labels=False)
     iteration = ZeroShotIteration(prepare, NAMES)
     model.eval()
     with torch.no_grad():  # the reference, computed without the iteration
