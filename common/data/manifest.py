@@ -28,6 +28,7 @@ __all__ = [
     "assign_patient_splits",
     "SPLITS",
     "UNCERTAIN_LABEL_POLICIES",
+    "rows_of_split",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -233,10 +234,57 @@ def load_manifest(
         logger.warning("%s: skipped %d bad row(s) of %d", path, bad, len(raw_rows))
     if uncertain:
         logger.warning("%s: left out %d row(s) of %d with an uncertain (-1) label", path, uncertain, len(raw_rows))
+    _warn_duplicates(raw_rows, path)
+    if "patient_id" not in raw_rows[0] and any(row["split"] for row in rows):
+        logger.warning(
+            "%s has no 'patient_id' column: the check that no patient is in two splits is off; add the column "
+            "to have it (splits should be patient-level)",
+            path,
+        )
     _check_patient_leak(rows, path)
     if not rows:
         raise ManifestError(f"{path}: no rows left for split {sorted(wanted) if wanted else 'any'}")
     return rows
+
+
+def _warn_duplicates(raw_rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """One warning naming the rows that repeat an earlier row field for field (each would count twice)."""
+    first: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
+    for number, raw in enumerate(raw_rows, start=1):
+        key = json.dumps(raw, sort_keys=True, default=str)
+        if key in first:
+            repeats.append((number, first[key]))
+        else:
+            first[key] = number
+    if repeats:
+        listing = ", ".join(f"row {n} = row {m}" for n, m in repeats[:10]) + (", ..." if len(repeats) > 10 else "")
+        logger.warning(
+            "%s: %d row(s) repeat an earlier row exactly (%s); each copy is used again in training and metrics: "
+            "remove the duplicates",
+            path,
+            len(repeats),
+            listing,
+        )
+
+
+def rows_of_split(rows: Sequence[Mapping[str, Any]], split: str, min_rows: int = 1) -> list[dict[str, Any]]:
+    """The rows of ``split``; fewer than ``min_rows`` is an error naming the manifest and the split counts.
+
+    Raises:
+        ManifestError: before a run trains on nothing (``num_samples=0`` deep in a DataLoader otherwise).
+    """
+    chosen = [dict(row) for row in rows if row.get("split") == split]
+    if len(chosen) < min_rows:
+        manifests = sorted({str(row.get("manifest", "?")) for row in rows}) or ["<no rows>"]
+        counts = {name: sum(1 for row in rows if row.get("split") == name) for name in SPLITS}
+        unset = sum(1 for row in rows if not row.get("split"))
+        raise ManifestError(
+            f"{', '.join(manifests)}: split {split!r} has {len(chosen)} row(s), at least {min_rows} needed "
+            f"(rows per split: {counts}, without a split: {unset}); fill the 'split' column "
+            "(common.data.manifest.assign_patient_splits does it by patient)"
+        )
+    return chosen
 
 
 def _check_patient_leak(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
