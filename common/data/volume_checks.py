@@ -30,11 +30,23 @@ def _series_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
+def _check_pixel_data(ds: pydicom.Dataset) -> None:
+    """Uncompressed: the pixel bytes are all there (cheap); compressed: they decode. Raises on a truncated slice."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        ds.pixel_array  # noqa: B018 - decode: the only check of a compressed slice
+        return
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    expected = ds.Rows * ds.Columns * int(getattr(ds, "SamplesPerPixel", 1)) * (ds.BitsAllocated // 8) * frames
+    if len(ds.PixelData) < expected:
+        raise ValueError(f"pixel data holds {len(ds.PixelData)} bytes, {expected} expected: the file is truncated")
+
+
 def _read_slice(file: Path, folder: Path, source: str) -> pydicom.Dataset:
     """Header and decoded pixels of one slice; any failure names the file."""
     try:
         ds = pydicom.dcmread(str(file))
-        ds.pixel_array  # noqa: B018 - decode now: a truncated slice fails here, not as a silently skipped slice
+        _check_pixel_data(ds)
     except Exception as err:  # noqa: BLE001 - pydicom raises many types on corrupt files
         raise ValueError(
             f"DICOM series {folder} ({source}): file {file.name} is not a readable DICOM slice "

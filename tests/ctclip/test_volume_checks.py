@@ -97,3 +97,17 @@ def test_content_check_in_the_pipeline(tmp_path):
         check_ct_content(stored[None], "stored.nii.gz")
     real = np.random.default_rng(0).normal(-500, 400, size=(1, 8, 8, 8))
     check_ct_content(real, "real")
+
+
+def test_truncated_uncompressed_slice_is_refused(tmp_path, shared_data_dir):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for file in sorted((shared_data_dir / "ct" / "totalseg_abdomen_dicom").iterdir())[:4]:
+        ds = pydicom.dcmread(str(file))
+        ds.decompress()  # explicit VR little endian: the cheap byte-count check applies
+        ds.save_as(str(folder / file.name))
+    assert check_dicom_series(folder) == 4
+    bad = sorted(folder.iterdir())[2]
+    bad.write_bytes(bad.read_bytes()[:-1000])
+    with pytest.raises(ValueError, match=rf"file {bad.name} is not a readable DICOM slice"):
+        check_dicom_series(folder)
