@@ -36,6 +36,7 @@ from monai.transforms import (
 )
 
 from common.data.image_loading import LoadVolumed, is_dicom_path
+from common.data.volume_checks import CheckCTContentd
 
 logger = logging.getLogger(__name__)
 
@@ -217,11 +218,14 @@ def ct_clip_transforms(
     spatial_size: Sequence[int] = CT_CLIP_SPATIAL_SIZE,
     hu_range: Sequence[float] = (-1000.0, 1000.0),
     load: bool = True,
+    check_content: bool = True,
 ) -> Compose:
     """The whole CT-CLIP pipeline for a NIfTI file or DICOM folder path -> (1, D, H, W) float in [-1, 1].
 
     ``spatial_size`` is (H, W, D) in the LPS array order before the final transpose, as in the official code.
     The bundles spell the same list out in their configs; this function serves tests and scripts.
+    ``check_content=False`` drops :class:`~common.data.volume_checks.CheckCTContentd` (only to reproduce the
+    official double HU rescale, whose output is not CT).
     """
     if resampling not in ("monai", "official"):
         raise ValueError(f"resampling must be 'monai' or 'official', got {resampling!r}")
@@ -229,6 +233,7 @@ def ct_clip_transforms(
     steps: list = [CheckDicomSeriesd(keys), LoadVolumed(keys)] if load else []
     steps += [
         RescaleHUd(keys, metadata_csv=metadata_csv, hu_mode=hu_mode),
+        *([CheckCTContentd(keys)] if check_content else []),
         Orientationd(keys, axcodes="LPS", labels=NIFTI_AXIS_LABELS),
         OfficialResampled(keys, pixdim) if resampling == "official" else Spacingd(keys, pixdim=pixdim, mode="bilinear"),
         ScaleIntensityRanged(keys, a_min=hu_range[0], a_max=hu_range[1], b_min=-1.0, b_max=1.0, clip=True),

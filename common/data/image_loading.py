@@ -11,6 +11,8 @@ data (see ../shared/data/README.md):
   to one channel.
 * NIfTI and DICOM series (3D): ``NibabelReader`` / ``PydicomReader``; the two DICOM readers put slices in
   opposite z order, so 3D pipelines must set the orientation explicitly after loading (``Orientationd``).
+  A DICOM folder's geometry is checked first (:func:`common.data.volume_checks.check_dicom_series`): every
+  file readable, one orientation, unique InstanceNumbers, even slice steps.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform
+
+from common.data.volume_checks import check_dicom_series
 
 logger = logging.getLogger(__name__)
 
@@ -172,16 +176,23 @@ class LoadVolume:
         if not path.exists():
             raise FileNotFoundError(f"volume not found: {path} ({source})")
         name = path.name.lower()
+        slices = None
         with _reader_errors_named(path, source, "volume"):
             if name.endswith(_NIFTI_SUFFIXES):
                 volume = self._nifti(str(path))
             elif is_dicom_path(path):
+                slices = check_dicom_series(path, source) if path.is_dir() else None
                 volume = self._dicom(str(path))
             else:
                 raise ValueError(f"unsupported volume type '{path.name}' (NIfTI file or DICOM folder expected)")
         if volume.ndim != 4:
             raise ValueError(
                 f"volume {path} ({source}) has shape {tuple(volume.shape)}; expected (1, X, Y, Z) for a 3D image"
+            )
+        if slices is not None and volume.shape[-1] != slices:
+            raise ValueError(
+                f"DICOM series {path} ({source}) loaded {volume.shape[-1]} slices from {slices} readable files; "
+                "re-export the series"
             )
         _check_finite(volume, path, source, "volume")
         return volume.float()

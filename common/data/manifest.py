@@ -20,9 +20,24 @@ from common.data.atomic_io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ManifestError", "read_manifest_rows", "load_manifest", "write_manifest", "assign_patient_splits", "SPLITS"]
+__all__ = [
+    "ManifestError",
+    "read_manifest_rows",
+    "load_manifest",
+    "write_manifest",
+    "assign_patient_splits",
+    "SPLITS",
+    "UNCERTAIN_LABEL_POLICIES",
+    "rows_of_split",
+]
 
 SPLITS = ("train", "val", "test")
+#: what a -1 (uncertain, as CheXpert and CT-RATE tables write it) in a binary label column becomes.
+UNCERTAIN_LABEL_POLICIES = ("error", "ignore", "positive", "negative")
+
+
+class _DropRow(Exception):
+    """An uncertain label under ``uncertain_label_policy="ignore"``: the row is left out (counted, warned once)."""
 
 
 class ManifestError(ValueError):
@@ -73,6 +88,23 @@ def _parse_label(value: Any, column: str, class_names: Sequence[str] | None) -> 
     return int(number) if number.is_integer() else number
 
 
+def _binary_label(value: int | float, policy: str) -> int:
+    """0 / 1 as they are; -1 by ``policy``; anything else an error."""
+    if value in (0, 1):
+        return int(value)
+    if value == -1 and policy != "error":
+        if policy == "ignore":
+            raise _DropRow
+        return 1 if policy == "positive" else 0
+    hint = (
+        "; -1 marks an uncertain label (CheXpert, CT-RATE): set uncertain_label_policy to 'ignore' (drop the row), "
+        "'positive' or 'negative'"
+        if value == -1
+        else ""
+    )
+    raise ManifestError(f"label value {value!r} is not 0 or 1 (a binary label column){hint}")
+
+
 def _check_row(
     raw: Mapping[str, Any],
     dataset_dir: Path | None,
@@ -81,6 +113,7 @@ def _check_row(
     require_report: bool,
     image_key: str,
     check_files: bool,
+    uncertain_label_policy: str | None = None,
 ) -> dict[str, Any]:
     """Validate and normalise one row; raises ManifestError('field ...: ...')."""
     row: dict[str, Any] = dict(raw)
@@ -104,6 +137,10 @@ def _check_row(
             raise ManifestError(f"field '{column}': label column missing")
         try:
             row[column] = _parse_label(raw[column], column, class_names.get(column))
+            if uncertain_label_policy is not None:
+                row[column] = _binary_label(row[column], uncertain_label_policy)
+        except _DropRow:
+            raise _DropRow(f"field '{column}': uncertain label -1 (uncertain_label_policy='ignore')") from None
         except ManifestError as err:
             raise ManifestError(f"field '{column}': {err}") from None
     split = str(raw.get("split") or "").strip().lower()
@@ -124,6 +161,8 @@ def load_manifest(
     image_key: str = "image",
     check_files: bool = True,
     skip_bad_rows: bool = False,
+    binary_labels: bool = False,
+    uncertain_label_policy: str = "error",
 ) -> list[dict[str, Any]]:
     """Read, validate and filter a manifest.
 
@@ -137,6 +176,11 @@ def load_manifest(
         image_key: the image path column ("" for text-only manifests).
         check_files: check that every image path exists.
         skip_bad_rows: warn once per bad row and skip it (with a count at the end) instead of raising.
+        binary_labels: every label column is 0/1 (multi-label); other values are errors naming file, row, column
+            and value, except -1 (uncertain) under ``uncertain_label_policy``.
+        uncertain_label_policy: ``"error"`` (default), ``"ignore"`` (the row is left out, one warning per row and a
+            count: a per-label mask would reach every loss and metric), ``"positive"`` (-1 -> 1) or
+            ``"negative"`` (-1 -> 0), as the CheXpert paper's U-Ignore / U-Ones / U-Zeros.
 
     Returns:
         Row dicts with absolute ``image`` paths, parsed labels, ``split``, ``patient_id``, and the context keys
@@ -157,14 +201,25 @@ def load_manifest(
     wanted = {split} if isinstance(split, str) else set(split) if split else None
     if wanted and not wanted <= set(SPLITS):
         raise ValueError(f"split must be among {SPLITS}, got {sorted(wanted)}")
+    if uncertain_label_policy not in UNCERTAIN_LABEL_POLICIES:
+        raise ValueError(
+            f"uncertain_label_policy must be one of {UNCERTAIN_LABEL_POLICIES}, got {uncertain_label_policy!r}"
+        )
+    policy = uncertain_label_policy if binary_labels else None
     label_columns = list(label_columns or [])
     missing_columns = [c for c in label_columns if c not in raw_rows[0]]
     if missing_columns:
         raise ManifestError(f"{path}: label column(s) {missing_columns} missing; columns are {list(raw_rows[0])}")
-    rows, bad = [], 0
+    rows, bad, uncertain = [], 0, 0
     for number, raw in enumerate(raw_rows, start=1):
         try:
-            row = _check_row(raw, root, label_columns, class_names or {}, require_report, image_key, check_files)
+            row = _check_row(
+                raw, root, label_columns, class_names or {}, require_report, image_key, check_files, policy
+            )
+        except _DropRow as reason:
+            logger.warning("leaving out row: %s: row %d: %s", path, number, reason)
+            uncertain += 1
+            continue
         except ManifestError as err:
             message = f"{path}: row {number}: {err}"
             if not skip_bad_rows:
@@ -177,10 +232,59 @@ def load_manifest(
             rows.append(row)
     if bad:
         logger.warning("%s: skipped %d bad row(s) of %d", path, bad, len(raw_rows))
+    if uncertain:
+        logger.warning("%s: left out %d row(s) of %d with an uncertain (-1) label", path, uncertain, len(raw_rows))
+    _warn_duplicates(raw_rows, path)
+    if "patient_id" not in raw_rows[0] and any(row["split"] for row in rows):
+        logger.warning(
+            "%s has no 'patient_id' column: the check that no patient is in two splits is off; add the column "
+            "to have it (splits should be patient-level)",
+            path,
+        )
     _check_patient_leak(rows, path)
     if not rows:
         raise ManifestError(f"{path}: no rows left for split {sorted(wanted) if wanted else 'any'}")
     return rows
+
+
+def _warn_duplicates(raw_rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """One warning naming the rows that repeat an earlier row field for field (each would count twice)."""
+    first: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
+    for number, raw in enumerate(raw_rows, start=1):
+        key = json.dumps(raw, sort_keys=True, default=str)
+        if key in first:
+            repeats.append((number, first[key]))
+        else:
+            first[key] = number
+    if repeats:
+        listing = ", ".join(f"row {n} = row {m}" for n, m in repeats[:10]) + (", ..." if len(repeats) > 10 else "")
+        logger.warning(
+            "%s: %d row(s) repeat an earlier row exactly (%s); each copy is used again in training and metrics: "
+            "remove the duplicates",
+            path,
+            len(repeats),
+            listing,
+        )
+
+
+def rows_of_split(rows: Sequence[Mapping[str, Any]], split: str, min_rows: int = 1) -> list[dict[str, Any]]:
+    """The rows of ``split``; fewer than ``min_rows`` is an error naming the manifest and the split counts.
+
+    Raises:
+        ManifestError: before a run trains on nothing (``num_samples=0`` deep in a DataLoader otherwise).
+    """
+    chosen = [dict(row) for row in rows if row.get("split") == split]
+    if len(chosen) < min_rows:
+        manifests = sorted({str(row.get("manifest", "?")) for row in rows}) or ["<no rows>"]
+        counts = {name: sum(1 for row in rows if row.get("split") == name) for name in SPLITS}
+        unset = sum(1 for row in rows if not row.get("split"))
+        raise ManifestError(
+            f"{', '.join(manifests)}: split {split!r} has {len(chosen)} row(s), at least {min_rows} needed "
+            f"(rows per split: {counts}, without a split: {unset}); fill the 'split' column "
+            "(common.data.manifest.assign_patient_splits does it by patient)"
+        )
+    return chosen
 
 
 def _check_patient_leak(rows: Iterable[Mapping[str, Any]], path: Path) -> None:

@@ -1,21 +1,59 @@
 """Load a Hugging Face ``transformers`` model from a local folder, or build the same architecture from a config.
 
 No model hub is reached: a non-empty path must be a local folder (``local_files_only=True``); an empty path
-builds the architecture from a config dict with random weights (tiny models in tests and demos).
+builds the architecture from a config dict with random weights (tiny models in tests and demos). A folder's own
+Python is never run: every load passes ``trust_remote_code=False`` (without it, a folder whose config has an
+``auto_map`` makes transformers prompt ``[y/N]`` and, on ``y``, run that code), and a folder that cannot load
+without its code is refused with :class:`RemoteCodeRefused`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_local_model_dir", "build_config", "load_or_build_model", "load_tokenizer"]
+__all__ = ["RemoteCodeRefused", "check_local_model_dir", "build_config", "load_or_build_model", "load_tokenizer"]
+
+
+class RemoteCodeRefused(ValueError):
+    """A model / tokenizer folder that transformers can only load by running the folder's own Python."""
+
+
+def _auto_map(folder: Path) -> dict[str, str]:
+    """``{file name: auto_map}`` of the folder's JSON configs that name custom code."""
+    found = {}
+    for name in ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json"):
+        try:
+            auto_map = json.loads((folder / name).read_text()).get("auto_map")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if auto_map:
+            found[name] = auto_map
+    return found
+
+
+@contextmanager
+def _no_remote_code(folder: Path, key: str, what: str) -> Iterator[None]:
+    """Turn transformers' 'pass trust_remote_code=True' refusal into one that says why we will not."""
+    try:
+        yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err) and "custom code" not in str(err):
+            raise
+        raise RemoteCodeRefused(
+            f"{key}={str(folder)!r}: this {what} folder can only be loaded by running its own Python code "
+            f"(auto_map {_auto_map(folder)}); code from model folders is never run (trust_remote_code=False). "
+            "Use a folder whose model_type / tokenizer_class is a transformers architecture (convert the weights), "
+            "or remove auto_map if the architecture is a standard one."
+        ) from None
 
 
 def check_local_model_dir(path: str | Path, key: str = "model_path") -> Path:
@@ -66,7 +104,12 @@ def load_or_build_model(
     if model_path:
         folder = check_local_model_dir(model_path, key)
         logger.info("loading %s from %s", auto_class.__name__, folder)
-        return auto_class.from_pretrained(str(folder), local_files_only=True, **from_pretrained_kwargs)
+        if _auto_map(folder):
+            logger.warning("%s=%s names custom code (auto_map): ignored, loading the transformers class", key, folder)
+        with _no_remote_code(folder, key, "model"):
+            return auto_class.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False, **from_pretrained_kwargs
+            )
     if config is None:
         raise ValueError(f"{key} is empty and no architecture config was given: one of them is needed")
     logger.info(
@@ -85,4 +128,5 @@ def load_tokenizer(tokenizer_path: str | Path, key: str = "tokenizer_path", **kw
     folder = Path(tokenizer_path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"{key}={str(tokenizer_path)!r} is not a local tokenizer folder")
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **kwargs)
+    with _no_remote_code(folder, key, "tokenizer"):
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, **kwargs)

@@ -95,9 +95,16 @@ def test_hu_rescale_applied_once(tmp_path):
     from_hu = pipeline({"image": str(hu)})["image"]
     torch.testing.assert_close(from_raw.as_tensor(), from_hu.as_tensor())
     assert from_raw.max().item() == pytest.approx(0.04, abs=1e-4)  # 40 HU / 1000, not -984 HU
-    official = ct_clip_transforms(metadata_csv=csv_path, hu_mode="rescale", spatial_size=(10, 10, 6))
+    official = ct_clip_transforms(
+        metadata_csv=csv_path, hu_mode="rescale", spatial_size=(10, 10, 6), check_content=False
+    )
     assert official({"image": str(hu)})["image"].max() < -0.9  # the official double rescale, reproduced on request
     assert looks_like_hu(torch.tensor(stored - 1024)) and not looks_like_hu(torch.tensor(stored))
+    _raises_named(
+        ct_clip_transforms(metadata_csv=csv_path, hu_mode="rescale", spatial_size=(10, 10, 6)),
+        {"image": str(hu)},
+        "hu_1.nii.gz.*not Hounsfield units",
+    )  # the double rescale is refused unless asked for
 
 
 def test_missing_metadata_row_is_named(tmp_path):
