@@ -246,7 +246,10 @@ def ct_clip_transforms(
 def check_preprocessed(
     volume: torch.Tensor, spatial_size: Sequence[int] = CT_CLIP_SPATIAL_SIZE, source: str = "image"
 ) -> None:
-    """Raise ``ValueError`` unless ``volume`` is (1, D, H, W) finite within [-1, 1] with D, H, W = spatial_size[2, 0, 1]."""
+    """Raise ``ValueError`` unless ``volume`` is (1, D, H, W), finite, within [-1, 1].
+
+    D, H, W = ``spatial_size[2], spatial_size[0], spatial_size[1]``.
+    """
     expected = (1, spatial_size[2], spatial_size[0], spatial_size[1])
     if tuple(volume.shape) != expected:
         raise ValueError(f"{source}: preprocessed volume has shape {tuple(volume.shape)}, expected {expected}")

@@ -90,7 +90,7 @@ def _iter_xml(path: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def read_iu_xray_reports(path: str | Path) -> list[dict[str, Any]]:
-    """Read all reports from a folder of ``<n>.xml`` files, one XML file, or ``NLMCXR_reports.tgz``; sorted by number."""
+    """All reports of a folder of ``<n>.xml`` files, one XML file, or ``NLMCXR_reports.tgz``; sorted by number."""
     return [parse_iu_xray_xml(content, source) for source, content in _iter_xml(Path(path))]
 
 

@@ -25,7 +25,10 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 
 def nlg_tokenize(text: str) -> str:
-    """Lower-case words and numbers separated by single spaces; punctuation dropped (``"No  effusion."`` -> ``"no effusion"``)."""
+    """Lower-case words and numbers separated by single spaces, punctuation dropped.
+
+    ``"No  effusion."`` -> ``"no effusion"``.
+    """
     return " ".join(_WORD.findall(str(text).lower()))
 
 

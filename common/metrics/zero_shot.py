@@ -60,7 +60,9 @@ _THRESHOLD_GRID = np.linspace(0.0, 1.0, 100)
 
 
 def _as_2d(y_true, y_prob) -> tuple[np.ndarray, np.ndarray]:
-    to_np = lambda x: x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
+    def to_np(x):
+        return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
+
     y_true, y_prob = to_np(y_true), to_np(y_prob)
     if y_true.ndim == 1:
         y_true, y_prob = y_true[:, None], y_prob[:, None]

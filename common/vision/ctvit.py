@@ -213,7 +213,10 @@ class CTViT(nn.Module):
 
     def check_volume(self, volume: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``volume`` is (B, channels, D, image_size, image_size), D divisible."""
-        expected = f"(B, {self.channels}, D, {self.image_size[0]}, {self.image_size[1]}) with D divisible by {self.temporal_patch_size}"
+        expected = (
+            f"(B, {self.channels}, D, {self.image_size[0]}, {self.image_size[1]}) "
+            f"with D divisible by {self.temporal_patch_size}"
+        )
         if volume.ndim != 5:
             raise ValueError(f"CTViT input must be 5-D {expected}; got shape {tuple(volume.shape)}")
         _, c, d, h, w = volume.shape

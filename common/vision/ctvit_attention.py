@@ -215,7 +215,10 @@ class FactorizedTransformer(nn.Module):
     def forward(
         self, x: torch.Tensor, video_shape: tuple[int, int, int, int], attn_bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Args: x (N, L, dim); video_shape (b, t, h, w) of the token grid; attn_bias (heads, L, L). Returns (N, L, dim)."""
+        """Args: x (N, L, dim); video_shape (b, t, h, w) of the token grid; attn_bias (heads, L, L).
+
+        Returns (N, L, dim).
+        """
         for peg, attn, _, ff in self.layers:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(self._block, x, peg, attn, ff, video_shape, attn_bias, use_reentrant=False)

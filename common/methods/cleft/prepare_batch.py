@@ -26,7 +26,8 @@ def label_matrix(batch: Mapping[str, Any], class_names: Sequence[str]) -> torch.
     missing = [name for name in class_names if name not in batch]
     if missing:
         raise ValueError(
-            f"class name(s) {missing} are not label columns of the data; the batch has columns {sorted(map(str, batch))}"
+            f"class name(s) {missing} are not label columns of the data; "
+            f"the batch has columns {sorted(map(str, batch))}"
         )
     return torch.stack([torch.as_tensor(batch[name]).float().reshape(-1) for name in class_names], dim=1)
 

@@ -133,7 +133,8 @@ class ReportGenerator(nn.Module):
 
         Args:
             batch: ``image`` (B, C, H, W); ``input_ids``, ``attention_mask``, ``image_token_mask`` (B, L); ``labels``
-                (B, L) with ``-100`` outside the report tokens (see :class:`common.data.report_tokenization.ReportCollator`).
+                (B, L) with ``-100`` outside the report tokens
+                (see :class:`common.data.report_tokenization.ReportCollator`).
 
         Returns:
             ``{"loss": scalar mean cross-entropy over report tokens (when labels are given), "logits": (B, L, V)}``.
