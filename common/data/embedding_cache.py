@@ -146,7 +146,8 @@ class EmbeddingCache:
     def read(self, locations: np.ndarray, dtype: str | np.dtype | None = "float32") -> np.ndarray:
         """Rows at ``locations`` (from :meth:`locate`), in that order, as (N, D) of ``dtype`` (None: storage dtype).
 
-        One pass in storage order: the locations are sorted once, each shard's rows are gathered from its memory
+        A compacted space (one shard, see :meth:`compact`) is one fancy index of its memory map. Otherwise one pass
+        in storage order: the locations are sorted once, each shard's rows are gathered from its memory
         map with a single fancy index, the gathered block is put back in the asked order while still float16
         (half the bytes to move) and converted to ``dtype`` once, with torch's vectorised cast.
 
@@ -161,6 +162,12 @@ class EmbeddingCache:
             raise KeyError(f"cache space {self.root} is empty")
         locations = np.asarray(locations, dtype=np.int64).reshape(-1)
         count = len(locations)
+        if len(self._shards) == 1 and count:  # one map (a compacted space): a single fancy index, in the asked order
+            shard_id, shard = next(iter(self._shards.items()))
+            rows = locations & 0xFFFFFFFF
+            if not ((locations >> 32) == shard_id).all() or rows.max() >= len(shard):
+                raise KeyError(f"a location is not in cache space {self.root}")
+            return _convert(np.take(shard, rows, axis=0), self.dtype if dtype is None else np.dtype(dtype))
         order = np.argsort(locations, kind="stable")
         ordered = locations[order]
         shard_ids, rows = ordered >> 32, ordered & 0xFFFFFFFF
@@ -210,3 +217,35 @@ class EmbeddingCache:
         self._shards[shard_id] = np.load(array_file, mmap_mode="r").view(np.ndarray)
         self.dim = embeddings.shape[1]
         self._index.update(zip(keys, range(shard_id << 32, (shard_id << 32) + len(keys))))
+
+    def compact(self, chunk_rows: int = 1 << 16) -> None:
+        """Merge every committed shard into one, so that a shuffled batch is one fancy index instead of one per shard.
+
+        Extraction commits a shard per encoded batch (crash-safe, but a million rows become ~30,000 small shards,
+        and a shuffled training batch would then pay one read call per row). The merged shard is written through a
+        memory map in ``chunk_rows`` blocks (RAM stays small), committed like any shard (array, then keys), and
+        only then are the old shards uncommitted (keys file first) and removed: an interruption leaves the old
+        shards, or both (the same rows; the newer shard wins on load).
+        """
+        if len(self._shards) <= 1:
+            return
+        items = sorted(self._index.items(), key=lambda item: item[1])  # storage order
+        locations = np.fromiter((location for _, location in items), dtype=np.int64, count=len(items))
+        old_ids, shard_id = sorted(self._shards), max(self._shards) + 1
+        array_file = self.root / f"shard_{shard_id:06d}.npy"
+        with atomic_path(array_file, suffix=".npy.tmp") as tmp:
+            merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(len(items), self.dim))
+            for start in range(0, len(items), chunk_rows):
+                merged[start : start + chunk_rows] = self.read(locations[start : start + chunk_rows], dtype=None)
+            merged.flush()
+            del merged
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        keys = [key for key, _ in items]
+        write_text_atomic(json.dumps(keys), self.root / f"shard_{shard_id:06d}.keys.json")  # the commit mark
+        for old in old_ids:
+            (self.root / f"shard_{old:06d}.keys.json").unlink(missing_ok=True)
+            (self.root / f"shard_{old:06d}.npy").unlink(missing_ok=True)
+        logger.info("cache space %s: %d shards compacted into one of %d rows", self.root, len(old_ids), len(keys))
+        self._shards = {shard_id: np.load(array_file, mmap_mode="r").view(np.ndarray)}
+        self._index = dict(zip(keys, range(shard_id << 32, (shard_id << 32) + len(keys))))

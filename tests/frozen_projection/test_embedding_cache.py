@@ -174,3 +174,21 @@ def test_batched_read_returns_the_asked_rows_in_the_asked_order(tmp_path):
         np.testing.assert_array_equal(batch["text_embedding"].numpy(), rows[39 - labels])
         seen.extend(labels.tolist())
     assert sorted(seen) == list(range(40)) and seen != list(range(40))
+
+    cache.compact()  # three shards -> one: the same rows under the same keys, on disk and after re-opening
+    assert len(list(cache.root.glob("shard_*.npy"))) == len(list(cache.root.glob("shard_*.keys.json"))) == 1
+    for reader in (cache, EmbeddingCache(tmp_path, {"test": "batched read"})):
+        np.testing.assert_array_equal(reader.get([keys[i] for i in asked]), rows[asked])
+        np.testing.assert_array_equal(reader.get(keys), rows)
+
+
+def test_extraction_leaves_one_shard(tmp_path, synthetic_rows, tiny_text_encoder):
+    encoder = tiny_text_encoder(max_length=16)
+    first, _ = extract_embeddings(encoder, synthetic_rows, "text", tmp_path, batch_size=4, progress=False)
+    space = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(list(space.glob("shard_*.npy"))) == 1  # committed per batch of 4, then compacted
+    more = [dict(r, report=r["report"] + " new finding.") for r in synthetic_rows[:5]]
+    extract_embeddings(encoder, more, "text", tmp_path, batch_size=4, progress=False)
+    assert len(list(space.glob("shard_*.npy"))) == 1
+    again, _ = extract_embeddings(encoder, synthetic_rows, "text", tmp_path, batch_size=4, progress=False)
+    np.testing.assert_array_equal(first, again)
