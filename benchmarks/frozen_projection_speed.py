@@ -251,12 +251,12 @@ than torch's; `np.memmap.__getitem__` adds Python overhead per call; and above a
 shuffled batch touches (a batch of 128 over 16 shards = 16 calls of ~8 rows each). Shards as extraction commits them
 hold `extraction_batch_size` rows (32 by default): a million-row cache was ~31,000 shards, one call per row. Hence
 `compact()`: after it the epoch read does a single call per batch, and the reader reuses small batch buffers while
-the plain copy first-touches fresh memory, which is why the compacted read can exceed 1.0 of the copy.
+the plain copy first-touches fresh memory.
 
 10M x 768 was not run: the disk has room (15.4 GB), but this VM has 23 GB of RAM shared with other engineers' jobs,
 so 15.4 GB of shards could not stay in the page cache next to them and the figure would time the disk, not the
-read; the per-row cost above is flat from {reads[0]["rows"]:,} to {reads[-1]["rows"]:,} rows (seconds grow linearly
-in the rows).
+read; the epoch's seconds per row above stay within the machine's load swings from {reads[0]["rows"]:,} to {reads[-1]["rows"]:,} rows (seconds grow linearly
+in the rows, and the plain copy's own GB/s swung 3.5x between sizes in this run).
 """
 
 
