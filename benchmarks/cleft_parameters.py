@@ -5,7 +5,7 @@ trainable set 39% smaller than a BERT-based CLIP. The models are built on PyTorc
 configs (BioMedLM = GPT-2 2560 x 32 layers; DINOv2 ViT-B/14 with registers; BERT-base), so counting needs no
 weights and no memory. Writes ``benchmarks/results/cleft_parameters.{json,md}``.
 
-    python benchmarks/cleft_parameters.py
+    python benchmarks/cleft_parameters.py [--out FOLDER]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _build(model_type: str, **kwargs) -> nn.Module:
         return AutoModel.from_config(AutoConfig.for_model(model_type, **kwargs))
 
 
-def main() -> dict:
+def main(out: Path = RESULTS) -> dict:
     biomedlm = _build("gpt2", n_embd=2560, n_layer=32, n_head=20, n_positions=1024, vocab_size=28896)
     meditron = _build(
         "llama",
@@ -86,8 +86,8 @@ def main() -> dict:
         "bert_clip_trainable (ViT-B/16 + BERT-base + projections + scale)": bert_clip_trainable,
         "cleft_vs_bert_clip_percent_smaller": 100.0 * (1 - cleft_trainable / bert_clip_trainable),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps(results, indent=2) + "\n", RESULTS / "cleft_parameters.json")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps(results, indent=2) + "\n", out / "cleft_parameters.json")
     g, m = results["biomedlm_gpt2"], results["meditron_llama"]
     lines = [
         "# CLEFT trainable parameters (counted from configs on the meta device)",
@@ -112,10 +112,14 @@ def main() -> dict:
         ),
         "",
     ]
-    write_text_atomic("\n".join(lines), RESULTS / "cleft_parameters.md")
+    write_text_atomic("\n".join(lines), out / "cleft_parameters.md")
     print("\n".join(lines))
     return results
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
+    main(parser.parse_args().out)

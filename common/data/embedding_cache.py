@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from common.data.atomic_io import atomic_path, write_text_atomic
 
@@ -56,6 +57,15 @@ def hash_file_content(path: str | Path) -> str:
 
 def hash_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _convert(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``array`` as ``dtype``; float16 -> float32 through torch, whose cast is vectorised (numpy's is ~20x slower)."""
+    if array.dtype == dtype:
+        return array
+    if array.dtype == np.float16 and dtype == np.float32:
+        return torch.from_numpy(array).float().numpy()
+    return array.astype(dtype)
 
 
 class EmbeddingCache:
@@ -107,7 +117,7 @@ class EmbeddingCache:
                     "cache shard %s has %d rows for %d keys; ignoring it", array_file, array.shape[0], len(keys)
                 )
                 continue
-            self._shards[shard_id] = array
+            self._shards[shard_id] = array.view(np.ndarray)  # plain view of the map: no np.memmap overhead per read
             self.dim = array.shape[1]
             self._index.update(zip(keys, range(shard_id << 32, (shard_id << 32) + len(keys))))
         for stale in self.root.glob(".shard_*.tmp"):  # left by an interrupted write: never committed
@@ -134,16 +144,45 @@ class EmbeddingCache:
             raise KeyError(f"embedding {str(err.args[0])[:16]}... not in cache space {self.root}") from None
 
     def read(self, locations: np.ndarray, dtype: str | np.dtype | None = "float32") -> np.ndarray:
-        """Rows at ``locations`` (from :meth:`locate`), in that order, as (N, D) of ``dtype`` (None: storage dtype)."""
+        """Rows at ``locations`` (from :meth:`locate`), in that order, as (N, D) of ``dtype`` (None: storage dtype).
+
+        A compacted space (one shard, see :meth:`compact`) is one fancy index of its memory map. Otherwise one pass
+        in storage order: the locations are sorted once, each shard's rows are gathered from its memory
+        map with a single fancy index, the gathered block is put back in the asked order while still float16
+        (half the bytes to move) and converted to ``dtype`` once, with torch's vectorised cast.
+
+        Args:
+            locations: (N,) int64 packed locations; any order, repeats allowed.
+            dtype: output dtype; None keeps the storage dtype.
+
+        Returns:
+            (N, D) array, row ``i`` being the embedding at ``locations[i]``.
+        """
         if self.dim is None:
             raise KeyError(f"cache space {self.root} is empty")
-        shard_ids, rows = locations >> 32, locations & 0xFFFFFFFF
-        out = np.empty((len(locations), self.dim), dtype=self.dtype if dtype is None else np.dtype(dtype))
-        for shard in np.unique(shard_ids):
-            positions = np.flatnonzero(shard_ids == shard)
-            positions = positions[np.argsort(rows[positions], kind="stable")]  # sequential reads from the map
-            out[positions] = self._shards[int(shard)][rows[positions]]
-        return out
+        locations = np.asarray(locations, dtype=np.int64).reshape(-1)
+        count = len(locations)
+        if len(self._shards) == 1 and count:  # one map (a compacted space): a single fancy index, in the asked order
+            shard_id, shard = next(iter(self._shards.items()))
+            rows = locations & 0xFFFFFFFF
+            if not ((locations >> 32) == shard_id).all() or rows.max() >= len(shard):
+                raise KeyError(f"a location is not in cache space {self.root}")
+            return _convert(np.take(shard, rows, axis=0), self.dtype if dtype is None else np.dtype(dtype))
+        order = np.argsort(locations, kind="stable")
+        ordered = locations[order]
+        shard_ids, rows = ordered >> 32, ordered & 0xFFFFFFFF
+        cuts = (np.flatnonzero(shard_ids[1:] != shard_ids[:-1]) + 1).tolist()
+        gathered = np.empty((count, self.dim), dtype=self.dtype)
+        for start, stop in zip([0, *cuts], [*cuts, count]):
+            shard = self._shards.get(int(shard_ids[start]))
+            if shard is None or rows[stop - 1] >= len(shard):  # rows are sorted: the last is the largest
+                raise KeyError(f"location {int(ordered[stop - 1])} is not in cache space {self.root}")
+            np.take(shard, rows[start:stop], axis=0, out=gathered[start:stop], mode="clip")  # checked above
+        if count > 1:
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(count)
+            gathered = np.take(gathered, inverse, axis=0)  # back to the asked order, still in storage dtype
+        return _convert(gathered, self.dtype if dtype is None else np.dtype(dtype))
 
     def get(self, keys: Sequence[str], dtype: str | np.dtype | None = "float32") -> np.ndarray:
         """Rows for ``keys`` as (len(keys), D) of ``dtype`` (float32 by default; None keeps the storage dtype)."""
@@ -175,6 +214,38 @@ class EmbeddingCache:
                 handle.flush()
                 os.fsync(handle.fileno())
         write_text_atomic(json.dumps(list(keys)), self.root / f"shard_{shard_id:06d}.keys.json")  # the commit mark
-        self._shards[shard_id] = np.load(array_file, mmap_mode="r")
+        self._shards[shard_id] = np.load(array_file, mmap_mode="r").view(np.ndarray)
         self.dim = embeddings.shape[1]
         self._index.update(zip(keys, range(shard_id << 32, (shard_id << 32) + len(keys))))
+
+    def compact(self, chunk_rows: int = 1 << 16) -> None:
+        """Merge every committed shard into one, so that a shuffled batch is one fancy index instead of one per shard.
+
+        Extraction commits a shard per encoded batch (crash-safe, but a million rows become ~30,000 small shards,
+        and a shuffled training batch would then pay one read call per row). The merged shard is written through a
+        memory map in ``chunk_rows`` blocks (RAM stays small), committed like any shard (array, then keys), and
+        only then are the old shards uncommitted (keys file first) and removed: an interruption leaves the old
+        shards, or both (the same rows; the newer shard wins on load).
+        """
+        if len(self._shards) <= 1:
+            return
+        items = sorted(self._index.items(), key=lambda item: item[1])  # storage order
+        locations = np.fromiter((location for _, location in items), dtype=np.int64, count=len(items))
+        old_ids, shard_id = sorted(self._shards), max(self._shards) + 1
+        array_file = self.root / f"shard_{shard_id:06d}.npy"
+        with atomic_path(array_file, suffix=".npy.tmp") as tmp:
+            merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(len(items), self.dim))
+            for start in range(0, len(items), chunk_rows):
+                merged[start : start + chunk_rows] = self.read(locations[start : start + chunk_rows], dtype=None)
+            merged.flush()
+            del merged
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        keys = [key for key, _ in items]
+        write_text_atomic(json.dumps(keys), self.root / f"shard_{shard_id:06d}.keys.json")  # the commit mark
+        for old in old_ids:
+            (self.root / f"shard_{old:06d}.keys.json").unlink(missing_ok=True)
+            (self.root / f"shard_{old:06d}.npy").unlink(missing_ok=True)
+        logger.info("cache space %s: %d shards compacted into one of %d rows", self.root, len(old_ids), len(keys))
+        self._shards = {shard_id: np.load(array_file, mmap_mode="r").view(np.ndarray)}
+        self._index = dict(zip(keys, range(shard_id << 32, (shard_id << 32) + len(keys))))

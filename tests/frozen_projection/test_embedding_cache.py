@@ -143,3 +143,52 @@ def test_nan_embedding_is_named_and_never_cached(tmp_path, synthetic_rows, tiny_
     calls = _counting(encoder)
     extract_embeddings(encoder, synthetic_rows[:4], "image", tmp_path, progress=False)
     assert calls["items"] == 4  # the failed batch left nothing behind
+
+
+def test_batched_read_returns_the_asked_rows_in_the_asked_order(tmp_path):
+    from common.data.embedding_cache import EmbeddingCache
+    from common.methods.projection.cached_dataset import CachedEmbeddingDataset, batch_collate
+
+    cache = EmbeddingCache(tmp_path, {"test": "batched read"})
+    rows = np.arange(40 * 6, dtype=np.float32).reshape(40, 6)  # row i holds 6i..6i+5: exact in float16
+    keys = [f"k{i}" for i in range(40)]
+    for start in (0, 7, 23):  # three shards of different sizes
+        stop = {0: 7, 7: 23, 23: 40}[start]
+        cache.add(keys[start:stop], rows[start:stop])
+    asked = [39, 0, 8, 8, 22, 7, 31, 3, 23, 6]  # shuffled, across every shard, one repeat
+    out = cache.get([keys[i] for i in asked])
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, rows[asked])
+    np.testing.assert_array_equal(cache.get([keys[i] for i in asked], dtype=None), rows[asked].astype(np.float16))
+    with pytest.raises(KeyError, match="not in cache space"):
+        cache.read(np.array([(2 << 32) | 17]))  # shard 2 holds 17 rows: 0..16
+
+    dataset = CachedEmbeddingDataset(cache, cache.locate(keys), cache, cache.locate(keys[::-1]), np.arange(40))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=16, shuffle=True, collate_fn=batch_collate, generator=torch.Generator().manual_seed(0)
+    )
+    seen = []
+    for batch in loader:
+        labels = batch["label"].numpy()
+        np.testing.assert_array_equal(batch["image_embedding"].numpy(), rows[labels])
+        np.testing.assert_array_equal(batch["text_embedding"].numpy(), rows[39 - labels])
+        seen.extend(labels.tolist())
+    assert sorted(seen) == list(range(40)) and seen != list(range(40))
+
+    cache.compact()  # three shards -> one: the same rows under the same keys, on disk and after re-opening
+    assert len(list(cache.root.glob("shard_*.npy"))) == len(list(cache.root.glob("shard_*.keys.json"))) == 1
+    for reader in (cache, EmbeddingCache(tmp_path, {"test": "batched read"})):
+        np.testing.assert_array_equal(reader.get([keys[i] for i in asked]), rows[asked])
+        np.testing.assert_array_equal(reader.get(keys), rows)
+
+
+def test_extraction_leaves_one_shard(tmp_path, synthetic_rows, tiny_text_encoder):
+    encoder = tiny_text_encoder(max_length=16)
+    first, _ = extract_embeddings(encoder, synthetic_rows, "text", tmp_path, batch_size=4, progress=False)
+    space = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(list(space.glob("shard_*.npy"))) == 1  # committed per batch of 4, then compacted
+    more = [dict(r, report=r["report"] + " new finding.") for r in synthetic_rows[:5]]
+    extract_embeddings(encoder, more, "text", tmp_path, batch_size=4, progress=False)
+    assert len(list(space.glob("shard_*.npy"))) == 1
+    again, _ = extract_embeddings(encoder, synthetic_rows, "text", tmp_path, batch_size=4, progress=False)
+    np.testing.assert_array_equal(first, again)

@@ -107,6 +107,8 @@ def extract_embeddings(
                 encoder, cache, todo, texts, first_row, modality, batch_size, skip_bad_rows, bad, progress
             )
             keys = [None if k in failed else k for k in keys]
+            if todo:
+                cache.compact()  # one shard: a shuffled training batch is then one read of one memory map
         elif todo and not skip_bad_rows:
             raise RuntimeError(
                 f"rank {idist.get_rank()}: {len(todo)} {modality} embeddings that rank 0 should have cached are missing"
