@@ -34,7 +34,13 @@ from common.weights.fingerprint import BASE_NAME_KEY, base_fingerprint, base_rec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RECORD_FILE", "TrainedWeightsSaveHandler", "check_adapter_folder", "write_adapter_folder"]
+__all__ = [
+    "RECORD_FILE",
+    "TrainedWeightsSaveHandler",
+    "check_adapter_folder",
+    "read_folder_record",
+    "write_adapter_folder",
+]
 
 RECORD_FILE = "base_models.json"
 
@@ -57,6 +63,12 @@ def write_adapter_folder(peft_model: torch.nn.Module, folder: str | Path, record
     return folder
 
 
+def read_folder_record(folder: str | Path) -> dict[str, Any]:
+    """The ``base_models.json`` record of a checkpoint or adapter folder; empty when the folder has none."""
+    record_file = Path(folder) / RECORD_FILE
+    return json.loads(record_file.read_text()) if record_file.is_file() else {}
+
+
 def check_adapter_folder(folder: str | Path, base: torch.nn.Module, base_name: str = "") -> None:
     """Raise ``ValueError`` unless the adapter folder was written for ``base`` (its fingerprint, adapters left out).
 
@@ -65,9 +77,7 @@ def check_adapter_folder(folder: str | Path, base: torch.nn.Module, base_name: s
         base: the model the adapters are about to be loaded onto (with or without adapters in it already).
         base_name: its path or config, for the message.
     """
-    record_file = Path(folder) / RECORD_FILE
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    check_base_record(record, base_fingerprint(unwrap(base)), str(folder), base_name)
+    check_base_record(read_folder_record(folder), base_fingerprint(unwrap(base)), str(folder), base_name)
 
 
 class TrainedWeightsSaveHandler(BaseSaveHandler):

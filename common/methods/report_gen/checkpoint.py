@@ -21,7 +21,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from common.engines.checkpoint import unwrap
-from common.engines.save_handler import RECORD_FILE, TrainedWeightsSaveHandler
+from common.engines.save_handler import TrainedWeightsSaveHandler, read_folder_record
 from common.methods.report_gen.model import ReportGenerator
 from common.peft.lora import load_lora_folder, load_lora_state_dict
 from common.weights.fingerprint import base_fingerprint, check_base_record, combine_fingerprints
@@ -114,8 +114,7 @@ def load_report_gen_checkpoint(
     projector_file = directory / PROJECTOR_FILE
     if not projector_file.is_file():
         raise FileNotFoundError(f"no report generator checkpoint at {directory} ({PROJECTOR_FILE} missing)")
-    record_file = directory / RECORD_FILE
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    record = read_folder_record(directory)
     check_base_record(record, report_gen_fingerprint(target), str(directory), base_name)
     expected = json.loads(json.dumps(expected_record or {}, default=str))
     problems = [
