@@ -1,32 +1,144 @@
-"""Package a bundle as a model-zoo style zip with ``common/`` vendored, so it runs standalone after download.
+"""Package a bundle as a model-zoo style zip with its own copy of ``common/``, so it runs standalone after download.
 
-    python scripts/package_bundle.py frozen_projection [--out dist]
+    python scripts/package_bundle.py frozen_projection [--out dist] [--model path/to/trained/model.pt]
     python -m monai.bundle download --name frozen_projection --url file://$PWD/dist/frozen_projection_v0.1.0.zip \
         --bundle_dir ./downloaded
-    cd downloaded/frozen_projection && python -m monai.bundle run --config_file configs/train.json --bundle_root .
+    python scripts/package_bundle.py frozen_projection --print-install     # the pip line the zip needs
+    cd downloaded/frozen_projection && python -m monai.bundle run --config_file configs/inference.json
 
-The zip holds ``<name>/`` with the bundle's configs, docs, LICENSE and large_files.yml, plus ``<name>/common/``
-(Python sources only). Run from inside the bundle folder, ``import common`` finds the vendored copy first.
-Generated or trained files (models, eval, logs, cache, demo data) and sample data are never packaged.
+The zip holds ``<name>/`` with the bundle's configs, docs, LICENSE and large_files.yml, ``models/model.pt`` when
+``--model`` names a trained state dict (a torch file readable with ``weights_only=True``, or a ``.safetensors``
+file, written as a torch file), and the Python sources of ``common/`` vendored as the package ``<name>_common``:
+every ``common`` import in the vendored code and every ``common.`` reference in the configs is renamed, so two
+bundles loaded in one process (as a MONAI Label app does) each import their own copy, never the other's.
+Generated or trained files (eval, logs, cache, demo data) and sample data are never packaged.
+
+The versions in each ``configs/metadata.json`` (``monai_version``, ``pytorch_version``, ``numpy_version``,
+``required_packages_version``) must be exactly the pins of ``scripts/constraints.txt``, which ``scripts/setup.sh``
+installs: packaging refuses a bundle whose metadata disagrees.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CONSTRAINTS = ROOT / "scripts" / "constraints.txt"
 BUNDLE_FILES = ("configs", "docs", "LICENSE", "large_files.yml")
+VERSION_KEYS = {"monai_version": "monai", "pytorch_version": "torch", "numpy_version": "numpy"}
+# packages every bundle's metadata must list: MONAI's CLI runner needs fire
+REQUIRED_EVERYWHERE = ("fire",)
+# "common" as an import or a dotted reference ("common.x", "import common"), never the English word
+_COMMON_REF = re.compile(r"(?<![\w.])common(?=\.[A-Za-z_])|(?<=import )common\b")
 
 
-def package(name: str, out_dir: Path) -> Path:
+def read_pins(path: Path = CONSTRAINTS) -> dict[str, str]:
+    """The ``name==version`` pins of the constraints file, by lower-case name."""
+    pins = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        if not sep or not version.strip():
+            raise ValueError(f"{path}:{number}: expected 'name==version', got {raw!r}")
+        pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def pin_problems(name: str, pins: dict[str, str] | None = None) -> list[str]:
+    """Every way bundle ``name``'s metadata versions disagree with the constraints file (empty when they agree)."""
+    pins = read_pins() if pins is None else pins
+    metadata_file = ROOT / "bundles" / name / "configs" / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    problems = []
+    for key, package_name in VERSION_KEYS.items():
+        if metadata.get(key) != pins.get(package_name):
+            problems.append(f"{metadata_file}: {key} is {metadata.get(key)!r}, scripts/constraints.txt pins "
+                            f"{package_name}=={pins.get(package_name)}")
+    required = metadata.get("required_packages_version", {})
+    for package_name, version in required.items():
+        pinned = pins.get(package_name.lower())
+        if pinned is None:
+            problems.append(f"{metadata_file}: required_packages_version names {package_name!r}, which "
+                            "scripts/constraints.txt does not pin (add the pin there, or drop the package)")
+        elif version != pinned:
+            problems.append(f"{metadata_file}: required_packages_version {package_name}=={version!r}, "
+                            f"scripts/constraints.txt pins {package_name}=={pinned}")
+    for package_name in REQUIRED_EVERYWHERE:
+        if package_name not in required:
+            problems.append(f"{metadata_file}: required_packages_version lacks {package_name!r}")
+    return problems
+
+
+def requirements(name: str) -> list[str]:
+    """The requirement lines the model zoo's ``ci/get_bundle_requirements.py`` derives from the metadata."""
+    metadata = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())
+    lines = [f"{package_name}=={metadata[key]}" for key, package_name in VERSION_KEYS.items() if key in metadata]
+    lines += [f"{k}=={v}" for k, v in metadata.get("required_packages_version", {}).items()]
+    return lines
+
+
+def install_line(name: str) -> str:
+    """The one ``pip install`` command a downloaded zip of bundle ``name`` needs."""
+    return "pip install " + " ".join(requirements(name))
+
+
+def vendored_package(name: str) -> str:
+    """The import name of ``common`` inside bundle ``name``'s zip."""
+    return f"{name}_common"
+
+
+def rename_common(text: str, package: str) -> str:
+    """``text`` with every import of / dotted reference to ``common`` pointed at ``package``."""
+    return _COMMON_REF.sub(package, text)
+
+
+def _model_bytes(model: Path) -> bytes:
+    """``model`` as the bytes of a torch state-dict file that loads with ``torch.load(weights_only=True)``."""
+    import torch
+
+    if model.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(model))
+    else:
+        state = torch.load(model, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{model}: expected a state dict of tensors (name -> tensor), got {type(state).__name__}")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def package(name: str, out_dir: Path, model: Path | None = None) -> Path:
+    """Write ``<out_dir>/<name>_v<version>.zip`` and return its path.
+
+    Args:
+        name: a bundle folder under ``bundles/``.
+        out_dir: where the zip goes (created when missing).
+        model: optional trained state dict, stored as ``<name>/models/model.pt``.
+
+    Raises:
+        FileNotFoundError: no such bundle, or ``model`` does not exist.
+        ValueError: the metadata's versions disagree with ``scripts/constraints.txt``.
+    """
     bundle = ROOT / "bundles" / name
     metadata_file = bundle / "configs" / "metadata.json"
     if not metadata_file.is_file():
         raise FileNotFoundError(f"no bundle '{name}': {metadata_file} missing")
+    problems = pin_problems(name)
+    if problems:
+        raise ValueError("metadata versions disagree with scripts/constraints.txt:\n" + "\n".join(problems))
+    if model is not None and not model.is_file():
+        raise FileNotFoundError(f"--model {model}: no such file")
     version = json.loads(metadata_file.read_text())["version"]
+    package_name = vendored_package(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}_v{version}.zip"
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -36,9 +148,16 @@ def package(name: str, out_dir: Path) -> Path:
                 sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
             )
             for file in files:
-                archive.write(file, f"{name}/{file.relative_to(bundle)}")
+                arcname = f"{name}/{file.relative_to(bundle)}"
+                if file.suffix == ".json" and file.parent.name == "configs":
+                    archive.writestr(arcname, rename_common(file.read_text(), package_name))
+                else:
+                    archive.write(file, arcname)
         for file in sorted((ROOT / "common").rglob("*.py")):
-            archive.write(file, f"{name}/{file.relative_to(ROOT)}")
+            relative = file.relative_to(ROOT / "common")
+            archive.writestr(f"{name}/{package_name}/{relative}", rename_common(file.read_text(), package_name))
+        if model is not None:
+            archive.writestr(f"{name}/models/model.pt", _model_bytes(model))
     return target
 
 
@@ -46,9 +165,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="+", help="bundle names under bundles/")
     parser.add_argument("--out", type=Path, default=ROOT / "dist")
+    parser.add_argument("--model", type=Path, default=None, help="trained state dict to ship as models/model.pt")
+    parser.add_argument("--print-install", action="store_true", help="print the pip line each bundle's zip needs")
     args = parser.parse_args()
+    if args.model is not None and len(args.names) != 1:
+        parser.error("--model belongs to one bundle: name exactly one")
     for name in args.names:
-        print(package(name, args.out))
+        print(install_line(name) if args.print_install else package(name, args.out, args.model))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 echo "[setup] installing torch==2.13.0 (CPU build)"
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -c scripts/constraints.txt "torch==2.13.0"
 echo "[setup] installing the project and its demo/test extras"
-.venv/bin/python -m pip install --quiet -e ".[demo,report,test]"
+# every version comes from scripts/constraints.txt, the pins the bundles' metadata.json also name
+.venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e ".[demo,report,test,dev]"
 .venv/bin/python -c "import torch, monai, transformers, peft; print(f'[setup] torch {torch.__version__}, monai {monai.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
