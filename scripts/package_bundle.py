@@ -13,6 +13,12 @@ every ``common`` import in the vendored code and every ``common.`` reference in 
 bundles loaded in one process (as a MONAI Label app does) each import their own copy, never the other's.
 Generated or trained files (eval, logs, cache, demo data) and sample data are never packaged.
 
+The zip's copy follows the model zoo's code-format settings (pinned in ``tests/zoo_ci/model_zoo``), whatever the
+tree's state: the vendored code is sorted by isort with the zoo's ``setup.cfg`` (the renamed package is
+third-party there, as in the zoo) and formatted by black with the zoo's ``pyproject.toml`` and
+``--skip-magic-trailing-comma``; the configs pass the zoo's ``pretty-format-json --no-sort-keys --indent=4`` hook;
+text files end with one newline. ``scripts/zoo_format.sh`` applies the same to the tree.
+
 The versions in each ``configs/metadata.json`` (``monai_version``, ``pytorch_version``, ``numpy_version``,
 ``required_packages_version``) must be exactly the pins of ``scripts/constraints.txt``, which ``scripts/setup.sh``
 installs: packaging refuses a bundle whose metadata disagrees.
@@ -24,10 +30,12 @@ import argparse
 import io
 import json
 import re
+import tokenize
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+ZOO_SETTINGS = ROOT / "tests" / "zoo_ci" / "model_zoo"
 CONSTRAINTS = ROOT / "scripts" / "constraints.txt"
 BUNDLE_FILES = ("configs", "docs", "LICENSE", "large_files.yml")
 VERSION_KEYS = {"monai_version": "monai", "pytorch_version": "torch", "numpy_version": "numpy"}
@@ -59,17 +67,23 @@ def pin_problems(name: str, pins: dict[str, str] | None = None) -> list[str]:
     problems = []
     for key, package_name in VERSION_KEYS.items():
         if metadata.get(key) != pins.get(package_name):
-            problems.append(f"{metadata_file}: {key} is {metadata.get(key)!r}, scripts/constraints.txt pins "
-                            f"{package_name}=={pins.get(package_name)}")
+            problems.append(
+                f"{metadata_file}: {key} is {metadata.get(key)!r}, scripts/constraints.txt pins "
+                f"{package_name}=={pins.get(package_name)}"
+            )
     required = metadata.get("required_packages_version", {})
     for package_name, version in required.items():
         pinned = pins.get(package_name.lower())
         if pinned is None:
-            problems.append(f"{metadata_file}: required_packages_version names {package_name!r}, which "
-                            "scripts/constraints.txt does not pin (add the pin there, or drop the package)")
+            problems.append(
+                f"{metadata_file}: required_packages_version names {package_name!r}, which "
+                "scripts/constraints.txt does not pin (add the pin there, or drop the package)"
+            )
         elif version != pinned:
-            problems.append(f"{metadata_file}: required_packages_version {package_name}=={version!r}, "
-                            f"scripts/constraints.txt pins {package_name}=={pinned}")
+            problems.append(
+                f"{metadata_file}: required_packages_version {package_name}=={version!r}, "
+                f"scripts/constraints.txt pins {package_name}=={pinned}"
+            )
     for package_name in REQUIRED_EVERYWHERE:
         if package_name not in required:
             problems.append(f"{metadata_file}: required_packages_version lacks {package_name!r}")
@@ -97,6 +111,57 @@ def vendored_package(name: str) -> str:
 def rename_common(text: str, package: str) -> str:
     """``text`` with every import of / dotted reference to ``common`` pointed at ``package``."""
     return _COMMON_REF.sub(package, text)
+
+
+def zoo_format_python(text: str, package: str) -> str:
+    """``text`` as the model zoo's isort (its ``setup.cfg``, ``package`` third-party) and black leave it."""
+    import black
+    import isort
+
+    config = isort.Config(settings_file=str(ZOO_SETTINGS / "setup.cfg"), known_third_party=[package])
+    mode = black.Mode(
+        line_length=120,
+        target_versions={black.TargetVersion.PY37, black.TargetVersion.PY38, black.TargetVersion.PY39},
+        magic_trailing_comma=False,
+    )
+    return black.format_str(isort.code(text, config=config), mode=mode)
+
+
+def zoo_format_json(text: str) -> str:
+    """``text`` as the zoo's pre-commit ``pretty-format-json --autofix --no-sort-keys --indent=4`` leaves it."""
+    from pre_commit_hooks.pretty_format_json import _get_pretty_format
+
+    return _get_pretty_format(text, indent="    ", sort_keys=False)
+
+
+def _text_entry(file: Path, package: str) -> str | None:
+    """The zip's text of ``file`` (renamed, zoo-formatted, one final newline), or ``None`` for a binary file."""
+    try:
+        text = file.read_text()
+    except UnicodeDecodeError:
+        return None
+    if file.suffix == ".json" and file.parent.name == "configs":
+        return zoo_format_json(rename_common(text, package))
+    return text.rstrip("\n") + "\n"
+
+
+def rename_common_code(code: str, package: str) -> str:
+    """Python ``code`` with every name ``common`` (imports, ``common.x`` chains) pointed at ``package``.
+
+    Only code tokens change: docstrings and comments keep naming ``common`` (the tree's name), so no line grows past
+    the zoo's flake8 limit; no module of ``common`` has a variable, argument or attribute named ``common``.
+    """
+    lines = code.splitlines(keepends=True)
+    hits, previous = [], None
+    for token in tokenize.generate_tokens(io.StringIO(code).readline):
+        if token.type == tokenize.NAME and token.string == "common" and previous != ".":
+            hits.append(token.start)
+        if token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT):
+            previous = token.string
+    for row, col in reversed(hits):
+        line = lines[row - 1]
+        lines[row - 1] = line[:col] + package + line[col + len("common") :]
+    return "".join(lines)
 
 
 def _model_bytes(model: Path) -> bytes:
@@ -149,13 +214,15 @@ def package(name: str, out_dir: Path, model: Path | None = None) -> Path:
             )
             for file in files:
                 arcname = f"{name}/{file.relative_to(bundle)}"
-                if file.suffix == ".json" and file.parent.name == "configs":
-                    archive.writestr(arcname, rename_common(file.read_text(), package_name))
-                else:
+                text = _text_entry(file, package_name)
+                if text is None:
                     archive.write(file, arcname)
+                else:
+                    archive.writestr(arcname, text)
         for file in sorted((ROOT / "common").rglob("*.py")):
             relative = file.relative_to(ROOT / "common")
-            archive.writestr(f"{name}/{package_name}/{relative}", rename_common(file.read_text(), package_name))
+            code = zoo_format_python(rename_common_code(file.read_text(), package_name), package_name)
+            archive.writestr(f"{name}/{package_name}/{relative}", code)
         if model is not None:
             archive.writestr(f"{name}/models/model.pt", _model_bytes(model))
     return target

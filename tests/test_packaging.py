@@ -27,7 +27,8 @@ def test_package_download_and_run_standalone(tmp_path):
 
     archive = package("frozen_projection", tmp_path / "dist")
     names = zipfile.ZipFile(archive).namelist()
-    assert "frozen_projection/configs/train.json" in names and "frozen_projection/common/losses/clip_loss.py" in names
+    assert "frozen_projection/configs/train.json" in names
+    assert "frozen_projection/frozen_projection_common/losses/clip_loss.py" in names  # vendored under its own name
     generated = ("models/", "eval/", "logs/", "cache/", "demo_data/")
     assert not [
         n for n in names if n.startswith(tuple(f"frozen_projection/{g}" for g in generated)) or n.endswith(".pyc")
@@ -50,8 +51,9 @@ def test_package_download_and_run_standalone(tmp_path):
         cwd=tmp_path,
     )
     bundle = downloads / "frozen_projection"
-    which = _run([sys.executable, "-c", "import common; print(common.__file__)"], cwd=bundle)
-    assert str(bundle) in which.stdout  # the vendored copy wins from inside the bundle folder
+    code = "import frozen_projection_common as c; print(c.__file__)"
+    which = _run([sys.executable, "-c", code], cwd=bundle)
+    assert str(bundle) in which.stdout  # the vendored copy is imported from inside the bundle folder
     _run(
         [
             sys.executable,

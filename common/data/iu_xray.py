@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import re
 import tarfile
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from common.data.report_cleaning import clean_report
 
@@ -38,8 +38,8 @@ def parse_iu_xray_xml(content: bytes | str, source: str = "<xml>") -> dict[str, 
         "mesh_major": [...], "mesh_minor": [...], "image_ids": ["CXR1_1_IM-0001-3001", ...], "source": source}``.
     """
     try:
-        root = ET.fromstring(content)
-    except ET.ParseError as err:
+        root = ElementTree.fromstring(content)
+    except ElementTree.ParseError as err:
         raise ValueError(f"{source}: not a readable IU X-ray report XML ({err})") from None
     uid = root.find("uId")
     if uid is None or not uid.get("id"):

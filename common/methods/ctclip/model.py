@@ -22,11 +22,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from transformers import BertConfig, BertModel
-
 from common.losses.temperature import check_temperature
 from common.vision.ctvit import FULL_CTVIT_CONFIG, CTViT
+from torch import nn
+from transformers import BertConfig, BertModel
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +46,10 @@ CXR_BERT_CONFIG: dict[str, Any] = {
     "layer_norm_eps": 1e-12,
     "pad_token_id": 0,
 }
+
+
+# CT-CLIP's initial temperature (exp(-1)); a module constant, not a call in the signature
+TEMPERATURE_INIT = math.exp(-1.0)
 
 
 class CTCLIP(nn.Module):
@@ -70,7 +73,7 @@ class CTCLIP(nn.Module):
         dim_image: int,
         dim_text: int,
         dim_latent: int = 512,
-        temperature_init: float = math.exp(-1.0),
+        temperature_init: float = TEMPERATURE_INIT,
         keep_unused: bool = True,
     ) -> None:
         super().__init__()

@@ -1,0 +1,53 @@
+"""The bundles' pinned requirements are the set-up's pins, install as the zoo's CI installs them, and keep the
+MONAI Label environment's older versions allowed by ``pyproject.toml``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+ (CI and set-up use 3.11)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from package_bundle import install_line, pin_problems, read_pins  # noqa: E402
+
+BUNDLES = sorted(p.parent.parent.name for p in ROOT.glob("bundles/*/configs/metadata.json"))
+# what issue 10's MONAI Label environment has (monailabel 0.8.5 pins numpy<2, jsonschema<4); common installs there
+MONAI_LABEL_ENV = {"numpy": "1.26.4", "jsonschema": "3.2.0"}
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_metadata_versions_are_the_constraints_pins(name):
+    assert pin_problems(name) == []
+
+
+def test_a_changed_pin_is_reported_with_the_file_and_both_versions():
+    pins = {**read_pins(), "transformers": "0.0.1"}
+    problems = pin_problems("report_gen", pins)
+    assert len(problems) == 1 and "transformers" in problems[0] and "0.0.1" in problems[0]
+    assert "report_gen/configs/metadata.json" in problems[0]
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_readme_shows_the_install_line_its_zip_needs(name):
+    readme = (ROOT / "bundles" / name / "docs" / "README.md").read_text()
+    assert install_line(name) in readme, f"bundles/{name}/docs/README.md: the pip line differs from the metadata pins"
+
+
+def test_setup_installs_with_the_constraints_file():
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    installs = [line for line in setup.splitlines() if "pip install" in line and "--upgrade pip" not in line]
+    assert installs and all("-c scripts/constraints.txt" in line for line in installs)
+
+
+def test_pyproject_floors_allow_the_monai_label_environment():
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    requirements = {Requirement(d).name: Requirement(d) for d in dependencies}
+    for package_name, version in MONAI_LABEL_ENV.items():
+        assert requirements[package_name].specifier.contains(version), (
+            f"pyproject.toml excludes {package_name} {version}"
+        )
