@@ -12,6 +12,10 @@ the file name Ignite gives it:
   or as the folder itself when it is the only object; every other object as ``<key>.safetensors``. The folder's
   ``base_models.json`` holds the record, so ``PeftModel.from_pretrained(base, folder)`` keeps working unchanged.
 
+``model_pt`` names the file (as Ignite names it, e.g. ``model.safetensors``) that is also written as the model-zoo's
+``models/model.pt`` (:func:`~common.engines.checkpoint.save_model_pt`: the same tensors and record, for
+``torch.load(weights_only=True)`` and MONAI's ``CheckpointLoader``), so every writer of weights is this handler.
+
 A superseded file is removed only after its replacement is complete, so a crash leaves the previous best.
 """
 
@@ -29,7 +33,7 @@ import torch
 from ignite.handlers.checkpoint import BaseSaveHandler
 
 from common.data.atomic_io import atomic_directory
-from common.engines.checkpoint import save_safetensors, unwrap
+from common.engines.checkpoint import save_model_pt, save_safetensors, unwrap
 from common.weights.fingerprint import BASE_NAME_KEY, base_fingerprint, base_record, check_base_record
 
 logger = logging.getLogger(__name__)
@@ -91,6 +95,7 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
         to_save: the same mapping as the ``Checkpoint``'s, so PEFT objects are written with ``save_pretrained``;
             None writes only safetensors.
         save_on_rank: the rank that writes (Ignite's convention; 0).
+        model_pt: the safetensors file name whose state is also written as ``<dirname>/model.pt``; empty: none.
     """
 
     def __init__(
@@ -101,11 +106,13 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
         record: Mapping[str, Any] | None = None,
         to_save: Mapping[str, Any] | None = None,
         save_on_rank: int = 0,
+        model_pt: str = "",
     ) -> None:
         self.dirname = Path(dirname)
         self.record = {**dict(record or {}), **base_record(base_fingerprint, base_model_name_or_path)}
         self.to_save = dict(to_save or {})
         self.save_on_rank = save_on_rank
+        self.model_pt = model_pt
         self._superseded: list[str] = []
         self.context: dict[str, Any] = {}  # set by EngineCheckpoint before each save: epoch, score sign
 
@@ -125,6 +132,8 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
             if not single:
                 raise ValueError(f"{filename}: a safetensors checkpoint holds one object; got {sorted(checkpoint)}")
             save_safetensors(checkpoint, path, header)
+            if filename == self.model_pt:
+                save_model_pt(checkpoint, self.dirname / "model.pt", header)
         else:
             basename = (metadata or {}).get("basename", "model")  # the to_save key of a single object
             parts = {basename: checkpoint} if single else dict(checkpoint)
