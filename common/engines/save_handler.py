@@ -31,6 +31,7 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.handlers.checkpoint import BaseSaveHandler
+from peft import get_peft_model_state_dict
 
 from common.data.atomic_io import atomic_directory
 from common.engines.checkpoint import save_model_pt, save_safetensors, unwrap
@@ -51,6 +52,21 @@ RECORD_FILE = "base_models.json"
 
 def _is_peft(module: Any) -> bool:
     return hasattr(unwrap(module), "peft_config") and hasattr(unwrap(module), "save_pretrained")
+
+
+def _flat_trained_state(parts: Mapping[str, Any], to_save: Mapping[str, Any]) -> tuple[dict, dict[str, str]]:
+    """One state dict of a folder checkpoint's objects, keys prefixed ``<to_save key>.``: PEFT objects give their
+    adapter weights alone (keyed as PEFT saves them) and their LoRA config as ``<key>_config`` (JSON) for the record."""
+    state: dict[str, torch.Tensor] = {}
+    configs: dict[str, str] = {}
+    for key, part in parts.items():
+        obj = to_save.get(key)
+        if obj is not None and _is_peft(obj):
+            model = unwrap(obj)
+            part = get_peft_model_state_dict(model)
+            configs[f"{key}_config"] = json.dumps(model.peft_config["default"].to_dict(), default=sorted)
+        state.update({f"{key}.{name}": tensor for name, tensor in part.items()})
+    return state, configs
 
 
 def write_adapter_folder(peft_model: torch.nn.Module, folder: str | Path, record: Mapping[str, Any]) -> Path:
@@ -95,7 +111,8 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
         to_save: the same mapping as the ``Checkpoint``'s, so PEFT objects are written with ``save_pretrained``;
             None writes only safetensors.
         save_on_rank: the rank that writes (Ignite's convention; 0).
-        model_pt: the safetensors file name whose state is also written as ``<dirname>/model.pt``; empty: none.
+        model_pt: the file or folder name (as Ignite gives it) whose state is also written as ``<dirname>/model.pt``
+            (a folder's objects flattened, ``<key>.<name>``); empty: none.
     """
 
     def __init__(
@@ -145,6 +162,9 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
                     else:
                         save_safetensors(state, staging / f"{key}.safetensors", header)
                 (staging / RECORD_FILE).write_text(json.dumps(header, indent=2, default=str))
+            if filename == self.model_pt:
+                state, configs = _flat_trained_state(parts, self.to_save)
+                save_model_pt(state, self.dirname / "model.pt", {**header, **configs})
         logger.info("saved %s", path)
         for old in self._superseded:
             if old != filename:
