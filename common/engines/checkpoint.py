@@ -12,7 +12,10 @@ MONAI's handler lists call, and :class:`~common.engines.save_handler.TrainedWeig
      "filename_pattern": "model.safetensors",
      "score_function": "$common.engines.checkpoint.metric_score('val_score')"}
 
-Loading never unpickles: ``safetensors`` only, and the header's base-model fingerprint is checked.
+Loading never unpickles arbitrary objects: ``safetensors``, or the model-zoo's ``models/model.pt`` (written by the
+save handler beside the safetensors file: ``{"model": state_dict, "base_record": {...}}``, tensors and strings only,
+read with ``torch.load(weights_only=True)``, and what MONAI's ``CheckpointLoader(load_dict={"model": net})`` reads);
+either way the recorded base-model fingerprint is checked.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ __all__ = [
     "load_trained_weights",
     "metric_score",
     "read_checkpoint_metadata",
+    "read_trained_state",
+    "save_model_pt",
     "save_safetensors",
     "trained_state_dict",
     "unwrap",
@@ -151,10 +156,47 @@ def save_safetensors(
     return path
 
 
+MODEL_PT_STATE_KEY = "model"  # the key MONAI's CheckpointLoader(load_dict={"model": net}) reads
+MODEL_PT_RECORD_KEY = "base_record"
+
+
+def save_model_pt(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, Any]) -> Path:
+    """Write the model-zoo's ``model.pt`` atomically: ``{"model": state_dict, "base_record": {str: str}}``.
+
+    Only tensors and strings, so ``torch.load(path, weights_only=True)`` reads it; the record holds the same
+    entries as the safetensors header (base-model fingerprint and name, method, score).
+    """
+    path = Path(path)
+    record = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in metadata.items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        torch.save({MODEL_PT_STATE_KEY: state, MODEL_PT_RECORD_KEY: record}, str(tmp))
+    return path
+
+
+def _read_model_pt(path: Path) -> dict[str, Any]:
+    content = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(content, Mapping) or not isinstance(content.get(MODEL_PT_STATE_KEY), Mapping):
+        raise ValueError(
+            f"{path}: expected {{'{MODEL_PT_STATE_KEY}': state_dict, '{MODEL_PT_RECORD_KEY}': record}} as the save "
+            f"handler writes it; got keys {sorted(content)[:10] if isinstance(content, Mapping) else type(content)}"
+        )
+    return dict(content)
+
+
 def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
-    """The safetensors header (``metadata``) of ``path``."""
+    """The base-model record of ``path``: the safetensors header, or the ``base_record`` of a ``model.pt``."""
+    if Path(path).suffix == ".pt":
+        return dict(_read_model_pt(Path(path)).get(MODEL_PT_RECORD_KEY) or {})
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
+
+
+def read_trained_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint: a safetensors file, or the ``model`` entry of a ``model.pt``."""
+    if Path(path).suffix == ".pt":
+        return dict(_read_model_pt(Path(path))[MODEL_PT_STATE_KEY])
+    return load_file(str(path))
 
 
 def load_trained_weights(
@@ -167,7 +209,7 @@ def load_trained_weights(
 
     Args:
         model: the network (DDP-wrapped or not).
-        path: a safetensors file written by :func:`save_safetensors` / the save handler.
+        path: a safetensors file written by :func:`save_safetensors` / the save handler, or its ``model.pt``.
         base_fingerprint: the fingerprint of the base ``model`` stands on; it must equal the one in the header
             (see :func:`common.weights.fingerprint.check_base_record`). None skips the check (test fixtures).
         base_name: the path or config of that base, for the error message.
@@ -178,7 +220,7 @@ def load_trained_weights(
     if base_fingerprint is not None:
         check_base_record(read_checkpoint_metadata(path), base_fingerprint, str(path), base_name)
     module = unwrap(model)
-    state = load_file(str(path))
+    state = read_trained_state(path)
     own = module.state_dict()
     unexpected = sorted(set(state) - set(own))
     shape_mismatch = sorted(k for k in state if k in own and own[k].shape != state[k].shape)

@@ -12,6 +12,10 @@ the file name Ignite gives it:
   or as the folder itself when it is the only object; every other object as ``<key>.safetensors``. The folder's
   ``base_models.json`` holds the record, so ``PeftModel.from_pretrained(base, folder)`` keeps working unchanged.
 
+``model_pt`` names the file (as Ignite names it, e.g. ``model.safetensors``) that is also written as the model-zoo's
+``models/model.pt`` (:func:`~common.engines.checkpoint.save_model_pt`: the same tensors and record, for
+``torch.load(weights_only=True)`` and MONAI's ``CheckpointLoader``), so every writer of weights is this handler.
+
 A superseded file is removed only after its replacement is complete, so a crash leaves the previous best.
 """
 
@@ -27,9 +31,10 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.handlers.checkpoint import BaseSaveHandler
+from peft import get_peft_model_state_dict
 
 from common.data.atomic_io import atomic_directory
-from common.engines.checkpoint import save_safetensors, unwrap
+from common.engines.checkpoint import save_model_pt, save_safetensors, unwrap
 from common.weights.fingerprint import BASE_NAME_KEY, base_fingerprint, base_record, check_base_record
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,21 @@ RECORD_FILE = "base_models.json"
 
 def _is_peft(module: Any) -> bool:
     return hasattr(unwrap(module), "peft_config") and hasattr(unwrap(module), "save_pretrained")
+
+
+def _flat_trained_state(parts: Mapping[str, Any], to_save: Mapping[str, Any]) -> tuple[dict, dict[str, str]]:
+    """One state dict of a folder checkpoint's objects, keys prefixed ``<to_save key>.``: PEFT objects give their
+    adapter weights alone (keyed as PEFT saves them) and their LoRA config as ``<key>_config`` (JSON) for the record."""
+    state: dict[str, torch.Tensor] = {}
+    configs: dict[str, str] = {}
+    for key, part in parts.items():
+        obj = to_save.get(key)
+        if obj is not None and _is_peft(obj):
+            model = unwrap(obj)
+            part = get_peft_model_state_dict(model)
+            configs[f"{key}_config"] = json.dumps(model.peft_config["default"].to_dict(), default=sorted)
+        state.update({f"{key}.{name}": tensor for name, tensor in part.items()})
+    return state, configs
 
 
 def write_adapter_folder(peft_model: torch.nn.Module, folder: str | Path, record: Mapping[str, Any]) -> Path:
@@ -91,6 +111,8 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
         to_save: the same mapping as the ``Checkpoint``'s, so PEFT objects are written with ``save_pretrained``;
             None writes only safetensors.
         save_on_rank: the rank that writes (Ignite's convention; 0).
+        model_pt: the file or folder name (as Ignite gives it) whose state is also written as ``<dirname>/model.pt``
+            (a folder's objects flattened, ``<key>.<name>``); empty: none.
     """
 
     def __init__(
@@ -101,11 +123,13 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
         record: Mapping[str, Any] | None = None,
         to_save: Mapping[str, Any] | None = None,
         save_on_rank: int = 0,
+        model_pt: str = "",
     ) -> None:
         self.dirname = Path(dirname)
         self.record = {**dict(record or {}), **base_record(base_fingerprint, base_model_name_or_path)}
         self.to_save = dict(to_save or {})
         self.save_on_rank = save_on_rank
+        self.model_pt = model_pt
         self._superseded: list[str] = []
         self.context: dict[str, Any] = {}  # set by EngineCheckpoint before each save: epoch, score sign
 
@@ -125,6 +149,8 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
             if not single:
                 raise ValueError(f"{filename}: a safetensors checkpoint holds one object; got {sorted(checkpoint)}")
             save_safetensors(checkpoint, path, header)
+            if filename == self.model_pt:
+                save_model_pt(checkpoint, self.dirname / "model.pt", header)
         else:
             basename = (metadata or {}).get("basename", "model")  # the to_save key of a single object
             parts = {basename: checkpoint} if single else dict(checkpoint)
@@ -136,6 +162,9 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
                     else:
                         save_safetensors(state, staging / f"{key}.safetensors", header)
                 (staging / RECORD_FILE).write_text(json.dumps(header, indent=2, default=str))
+            if filename == self.model_pt:
+                state, configs = _flat_trained_state(parts, self.to_save)
+                save_model_pt(state, self.dirname / "model.pt", {**header, **configs})
         logger.info("saved %s", path)
         for old in self._superseded:
             if old != filename:

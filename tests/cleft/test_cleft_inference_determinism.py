@@ -1,4 +1,4 @@
-"""cleft_cxr inference is reproducible across processes and scores the test split exactly as evaluate does."""
+"""cleft_cxr inference.json runs alone (and merged after train.json) and scores the test split as evaluate does."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ def test_inference_twice_equals_evaluate(tmp_path):
     rows = [r for r in load_manifest(tmp_path / "demo_data" / "manifest.csv", label_columns=class_names)
             if r["split"] == "test"]  # fmt: skip
     runs = []
-    for attempt in ("first", "second"):
+    # inference.json alone (as MONAI Label loads it, reading models/model.pt), then merged after train.json
+    for attempt, configs in (("standalone", ["inference", "demo"]), ("merged", ["train", "inference", "demo"])):
         out = tmp_path / "eval" / f"predictions_{attempt}.json"
-        run_bundle("cleft_cxr", ["train", "inference", "demo"], tmp_path, *DEMO,
+        run_bundle("cleft_cxr", configs, tmp_path, *DEMO,
                    "--input_files", json.dumps([r["image"] for r in rows]), "--output_path", str(out))  # fmt: skip
         runs.append(json.loads(out.read_text())["predictions"])
-    assert runs[0] == runs[1]  # identical across processes
+    assert runs[0] == runs[1]  # identical across processes and forms
     assert [p["image"] for p in runs[0]] == [r["image"] for r in rows]
     probs = np.array([[p["probabilities"][c] for c in class_names] for p in runs[0]])
     labels = np.array([int(np.argmax([r[c] for c in class_names])) for r in rows])

@@ -1,4 +1,4 @@
-"""ctclip_lora inference is reproducible and equals evaluate's predictions on the same volumes.
+"""ctclip_lora inference.json runs alone (and merged after train.json) and equals evaluate's predictions.
 
 Without ``pretrained_path`` the base CT-CLIP is random: inference must build the same random base as training
 (``init_seed``), or the adapters sit on other weights and the probabilities are noise around 0.5.
@@ -28,15 +28,15 @@ def test_inference_twice_equals_evaluate(tmp_path):
     names = [key[2:] for key in rows[0] if key.startswith("p_")]
     chosen = rows[:3]
     runs = []
-    for attempt in ("first", "second"):
+    # inference.json alone (LoRA weights from models/model.pt), then merged after train.json
+    for attempt, configs in (("standalone", ["inference", "demo"]), ("merged", ["train", "inference", "demo"])):
         out = bundle / "eval" / f"inference_{attempt}"
         inputs = json.dumps([r["id"] for r in chosen])
-        run_bundle("ctclip_lora", ["inference.json", "demo.json"], bundle, *DEMO, "--input_files", inputs,
-                   "--output_dir", str(out))  # fmt: skip
+        run_bundle("ctclip_lora", configs, bundle, *DEMO, "--input_files", inputs, "--output_dir", str(out))
         runs.append({r["id"]: json.loads((out / f"{_stem(r['id'])}_zero_shot.json").read_text()) for r in chosen})
     for row in chosen:
         first, second = runs[0][row["id"]]["probabilities"], runs[1][row["id"]]["probabilities"]
-        assert first == second  # identical across processes
+        assert first == second  # identical across processes and forms
         for name in names:
             assert first[name] == pytest.approx(float(row[f"p_{name}"]), abs=1e-6), (row["id"], name)
 

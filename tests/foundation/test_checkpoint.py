@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -22,13 +23,14 @@ from common.peft.lora import apply_lora
 from common.weights.fingerprint import base_fingerprint
 
 
-def _run_epochs(tmp_path, scores, greater_is_better, to_save=None, filename="model.safetensors"):
+def _run_epochs(tmp_path, scores, greater_is_better, to_save=None, filename="model.safetensors", model_pt=""):
     """Three "epochs" whose weights equal the epoch number and whose validation metric is ``scores[epoch - 1]``."""
     net = torch.nn.Linear(2, 1, bias=False)
     frozen = torch.nn.Linear(2, 2).requires_grad_(False)
     model = torch.nn.ModuleDict({"head": net, "frozen": frozen})
     to_save = to_save or {"model": TrainedWeights(model)}
-    handler = TrainedWeightsSaveHandler(tmp_path, base_fingerprint(model, exclude_trainable=True), to_save=to_save)
+    fingerprint = base_fingerprint(model, exclude_trainable=True)
+    handler = TrainedWeightsSaveHandler(tmp_path, fingerprint, to_save=to_save, model_pt=model_pt)
     checkpoint = EngineCheckpoint(
         to_save,
         handler,
@@ -79,6 +81,35 @@ def test_load_refuses_another_base(tmp_path):
     other["frozen"].requires_grad_(False)
     with pytest.raises(ValueError, match="belongs to base model medvlm-base:"):
         load_trained_weights(other, path, base_fingerprint(other, exclude_trainable=True), "other")
+
+
+def test_model_pt_holds_the_best_weights_and_base_record_and_refuses_another_base(tmp_path):
+    model, path = _run_epochs(tmp_path, [0.2, 0.9, 0.5], True, model_pt="model.safetensors")
+    model_pt = tmp_path / "model.pt"
+    content = torch.load(model_pt, weights_only=True)  # the model zoo's reader: no pickled objects
+    assert sorted(content) == ["base_record", "model"]
+    torch.testing.assert_close(content["model"]["head.weight"], load_file(str(path))["head.weight"], rtol=0, atol=0)
+    fingerprint = base_fingerprint(model, exclude_trainable=True)
+    assert read_checkpoint_metadata(model_pt) == read_checkpoint_metadata(path)
+    assert read_checkpoint_metadata(model_pt)["base_model_fingerprint"] == fingerprint
+    with torch.no_grad():
+        model["head"].weight.zero_()
+    load_trained_weights(model, model_pt, fingerprint)
+    x = torch.ones(3, 2)
+    torch.testing.assert_close(model["head"](x), torch.full((3, 1), 4.0), rtol=0, atol=0)  # epoch 2's weights
+    fresh = torch.nn.ModuleDict({"head": torch.nn.Linear(2, 1, bias=False), "frozen": torch.nn.Linear(2, 2)})
+    loader = CheckpointLoader(str(model_pt), load_dict={"model": fresh}, strict=False)  # MONAI's own handler
+    loader(Engine(lambda e, b: None))
+    torch.testing.assert_close(fresh["head"](x), model["head"](x), rtol=0, atol=0)
+    other = torch.nn.ModuleDict({"head": torch.nn.Linear(2, 1, bias=False), "frozen": torch.nn.Linear(2, 2)})
+    other["frozen"].requires_grad_(False)
+    with pytest.raises(ValueError, match="belongs to base model medvlm-base:"):
+        load_trained_weights(other, model_pt, base_fingerprint(other, exclude_trainable=True), "other")
+
+
+def test_no_model_pt_unless_asked(tmp_path):
+    _run_epochs(tmp_path, [0.2, 0.9], True)
+    assert not (tmp_path / "model.pt").exists()
 
 
 def test_peft_folder_is_written_atomically_with_its_base_and_loads_with_plain_peft(tmp_path):

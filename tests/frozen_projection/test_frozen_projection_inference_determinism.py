@@ -1,4 +1,4 @@
-"""frozen_projection inference is reproducible and projects the test split exactly as evaluate does."""
+"""frozen_projection inference.json runs alone (and merged after train.json) and projects as evaluate does."""
 
 from __future__ import annotations
 
@@ -27,14 +27,15 @@ def test_inference_twice_equals_evaluate(tmp_path):
     rows = load_manifest(tmp_path / "demo_data" / "manifest.csv", label_columns=["label"],
                          class_names={"label": names}, require_report=True)  # fmt: skip
     runs = []
-    for attempt in ("first", "second"):
+    # inference.json alone (reading models/model.pt), then merged after train.json
+    for attempt, configs in (("standalone", ["inference", "demo"]), ("merged", ["train", "inference", "demo"])):
         out = tmp_path / "eval" / f"inference_{attempt}"
-        run_bundle("frozen_projection", ["inference", "demo"], tmp_path, *DEMO, "--output_dir", str(out))
+        run_bundle("frozen_projection", configs, tmp_path, *DEMO, "--output_dir", str(out))
         ids = json.loads((out / "projections.json").read_text())["ids"]
         runs.append((ids, load_file(str(out / "projections.safetensors"))))
     assert runs[0][0] == runs[1][0]
     for key in ("image_projection", "text_projection"):
-        torch.testing.assert_close(runs[0][1][key], runs[1][1][key], rtol=0, atol=0)  # identical across processes
+        torch.testing.assert_close(runs[0][1][key], runs[1][1][key], rtol=0, atol=0)  # across processes and forms
     ids, projections = runs[0]
     by_id = {str(r.get("id") or Path(r["image"]).stem): r for r in rows}
     test = [i for i, row_id in enumerate(ids) if by_id[row_id]["split"] == "test"]

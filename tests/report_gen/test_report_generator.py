@@ -221,6 +221,30 @@ def test_checkpoint_holds_only_trained_weights_and_reloads_to_identical_generati
     assert torch.equal(again.generate(prompt_batch, max_new_tokens=10, num_beams=2), expected)
 
 
+def test_model_pt_reloads_to_identical_generations_and_refuses_another_base(word_tokenizer, prompt_batch, tmp_path):
+    model = configure_stage(tiny_generator(word_tokenizer), stage=2, lora_rank=4, lora_targets=["c_attn"])
+    with torch.no_grad():  # LoRA B starts at zero: move it so that the adapters change the outputs
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.3 * torch.randn_like(param))
+    model.eval()
+    expected = model.generate(prompt_batch, max_new_tokens=10, num_beams=2)
+    save_report_gen_checkpoint(model, tmp_path / "stage2", {"projector_type": "linear"}, model_pt=True)
+    content = torch.load(tmp_path / "model.pt", weights_only=True)  # the model zoo's reader
+    assert {k.split(".")[0] for k in content["model"]} == {"projector", "llm_lora"}
+    assert sum(v.numel() for v in content["model"].values()) == sum(
+        p.numel() for p in model.parameters() if p.requires_grad
+    )  # only what trained
+    fresh = tiny_generator(word_tokenizer)  # same base, untrained projector, no adapters
+    load_report_gen_checkpoint(fresh, tmp_path / "model.pt", expected_record={"projector_type": "linear"}).eval()
+    assert torch.equal(fresh.generate(prompt_batch, max_new_tokens=10, num_beams=2), expected)
+    other = tiny_generator(word_tokenizer)
+    with torch.no_grad():
+        other.language_model.get_input_embeddings().weight.add_(1e-3)
+    with pytest.raises(ValueError, match="belongs to base model"):
+        load_report_gen_checkpoint(other, tmp_path / "model.pt")
+
+
 def test_checkpoint_errors_name_the_folder(word_tokenizer, tmp_path):
     with pytest.raises(FileNotFoundError, match="projector.safetensors"):
         load_report_gen_checkpoint(tiny_generator(word_tokenizer), tmp_path)

@@ -1,4 +1,8 @@
-"""Project new images and reports (or ready embeddings) with trained projection heads."""
+"""Project new images and reports (or ready embeddings) with trained projection heads.
+
+``inference.json`` reads: :func:`inference_rows` (the data list) -> MONAI ``Dataset`` / ``DataLoader`` ->
+``SupervisedEvaluator`` (the network on each batch dict) -> :class:`ProjectionWriter` (the output files).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
 from safetensors.numpy import load_file
 
 from common.data.atomic_io import write_json_atomic
@@ -16,7 +21,7 @@ from common.methods.projection.embedding_extraction import extract_embeddings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_ready_embeddings", "run_projection_inference"]
+__all__ = ["ProjectionWriter", "inference_rows", "load_ready_embeddings"]
 
 
 def load_ready_embeddings(path: str | Path, expected_dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
@@ -48,10 +53,8 @@ def load_ready_embeddings(path: str | Path, expected_dims: dict[str, int] | None
     return {k: arrays[k].astype(np.float32) for k in wanted}
 
 
-@torch.no_grad()
-def run_projection_inference(
+def inference_rows(
     model: torch.nn.Module,
-    output_dir: str | Path,
     rows: Sequence[dict[str, Any]] | None = None,
     image_encoder=None,
     text_encoder=None,
@@ -59,15 +62,16 @@ def run_projection_inference(
     embeddings_file: str | Path | None = None,
     batch_size: int = 32,
     skip_bad_rows: bool = False,
-) -> Path:
-    """Write ``projections.safetensors`` (``image_projection`` / ``text_projection``, L2-normalisable (N, d_out))
-    and ``projections.json`` (the ids, in row order) to ``output_dir``.
+) -> list[dict[str, Any]]:
+    """The data list of an inference run: one ``{"id", "image_embedding" (D_i,), "text_embedding" (D_t,)}`` per row.
 
-    Either ``embeddings_file`` (ready embeddings) or ``rows`` with the frozen encoders (through the cache).
+    Either ``embeddings_file`` (ready embeddings; ids are row numbers) or manifest ``rows`` with the frozen
+    encoders (through the embedding cache; ids are the rows' ``id`` or image file stem). A modality that no row has
+    is left out; a row whose image or report was skipped (``skip_bad_rows``) is left out of both.
+
+    Args:
+        model: the projection network (its heads' input widths check ready embeddings).
     """
-    model.eval()
-    device = next(model.parameters()).device
-    ids: list[str]
     inputs: dict[str, np.ndarray] = {}
     if embeddings_file:
         dims = {"image_embedding": model.image_head.in_dim, "text_embedding": model.text_head.in_dim}
@@ -90,19 +94,45 @@ def run_projection_inference(
             inputs[key] = inputs[key][[position[r] for r in common_rows]]
         ids = [str(rows[i].get("id") or Path(str(rows[i].get("image", i))).stem) for i in common_rows]
     else:
-        raise ValueError("inference needs an embeddings_file or manifest rows with encoders")
-    outputs = {}
-    for key, head in (("image_embedding", model.image_head), ("text_embedding", model.text_head)):
-        if key in inputs:
-            projected = [
-                head(torch.as_tensor(inputs[key][s : s + 4096], device=device)).cpu()
-                for s in range(0, len(inputs[key]), 4096)
-            ]
-            outputs[key.replace("embedding", "projection")] = torch.cat(projected)
-    output_dir = Path(output_dir)
-    path = save_safetensors(outputs, output_dir / "projections.safetensors", {"ids": ids})
-    write_json_atomic(
-        {"ids": ids, "tensors": {k: list(v.shape) for k, v in outputs.items()}}, output_dir / "projections.json"
-    )
-    logger.info("wrote %s (%s)", path, {k: tuple(v.shape) for k, v in outputs.items()})
-    return path
+        raise ValueError("inference needs an embeddings_file or manifest rows (input_manifest) with encoders")
+    tensors = {key: torch.as_tensor(array) for key, array in inputs.items()}
+    return [{"id": row_id, **{key: t[i] for key, t in tensors.items()}} for i, row_id in enumerate(ids)]
+
+
+class ProjectionWriter:
+    """Evaluator handler: collects the projections of every batch and, when the run completes, writes
+    ``projections.safetensors`` (``image_projection`` / ``text_projection``, (N, d_out), L2-normalisable) and
+    ``projections.json`` (the ids, in row order) to ``output_dir``.
+
+    Reads ``engine.state.output``: ``pred`` (the network's dict) and ``image`` (the batch dict, with ``id``).
+    """
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.ids: list[str] = []
+        self.parts: dict[str, list[torch.Tensor]] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.ids, self.parts = [], {}
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        self.ids.extend(str(i) for i in output["image"]["id"])
+        for key in ("image_projection", "text_projection"):
+            if key in output["pred"]:
+                self.parts.setdefault(key, []).append(output["pred"][key].detach().float().cpu())
+
+    def _write(self, engine: Engine) -> Path:
+        outputs = {key: torch.cat(parts) for key, parts in self.parts.items()}
+        path = save_safetensors(outputs, self.output_dir / "projections.safetensors", {"ids": self.ids})
+        write_json_atomic(
+            {"ids": self.ids, "tensors": {k: list(v.shape) for k, v in outputs.items()}},
+            self.output_dir / "projections.json",
+        )
+        logger.info("wrote %s (%s)", path, {k: tuple(v.shape) for k, v in outputs.items()})
+        return path

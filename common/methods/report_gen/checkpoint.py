@@ -8,19 +8,24 @@ the objects of :func:`checkpoint_objects`, under a temporary name and swapped in
     vision_lora/                   PEFT folder, only when LoRA was put on the vision encoder
     base_models.json               the base it belongs to (fingerprint of the vision encoder and the LLM), the
                                    projector type and prompt template, the epoch (and score of a best checkpoint)
+
+Training also writes the last stage-2 folder as the model zoo's ``models/model.pt`` (the same tensors, keys
+``projector.*`` / ``llm_lora.*`` / ``vision_lora.*``, the record with each LoRA config); it loads the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from peft import PeftModel
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from common.engines.checkpoint import unwrap
+from common.engines.checkpoint import read_checkpoint_metadata, read_trained_state, unwrap
 from common.engines.save_handler import TrainedWeightsSaveHandler, read_folder_record
 from common.methods.report_gen.model import ReportGenerator
 from common.peft.lora import load_lora_folder, load_lora_state_dict
@@ -58,7 +63,11 @@ def checkpoint_objects(model: ReportGenerator) -> dict[str, Any]:
 
 
 def save_report_gen_checkpoint(
-    model: ReportGenerator, directory: str | Path, record: dict[str, Any] | None = None, base_name: str = ""
+    model: ReportGenerator,
+    directory: str | Path,
+    record: dict[str, Any] | None = None,
+    base_name: str = "",
+    model_pt: bool = False,
 ) -> Path:
     """Write one checkpoint folder of ``model`` now (what the training's ``Checkpoint`` handlers write each time).
 
@@ -67,11 +76,17 @@ def save_report_gen_checkpoint(
         directory: the checkpoint folder; replaced as a whole.
         record: what else to record (base model paths/configs, projector type, prompt template).
         base_name: the LLM's path, recorded as the base's name (empty: named by its fingerprint).
+        model_pt: also write the folder as ``model.pt`` beside it (what training does for ``stage2``).
     """
     directory = Path(directory)
     objects = checkpoint_objects(model)
     handler = TrainedWeightsSaveHandler(
-        directory.parent, report_gen_fingerprint(model), base_name, record, to_save=objects
+        directory.parent,
+        report_gen_fingerprint(model),
+        base_name,
+        record,
+        to_save=objects,
+        model_pt=directory.name if model_pt else "",
     )
     state = {key: obj.state_dict() for key, obj in objects.items()}  # what Ignite's Checkpoint hands the handler
     if len(state) == 1:
@@ -90,6 +105,22 @@ def _load_adapters(owner: Any, attribute: str, folder: Path) -> None:
         setattr(owner, attribute, load_lora_folder(current, folder, is_trainable=False))
 
 
+def _prefixed(state: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
+    return {name[len(key) + 1 :]: tensor for name, tensor in state.items() if name.startswith(key + ".")}
+
+
+def _load_adapter_state(owner: Any, attribute: str, state: dict[str, torch.Tensor], config_json: str) -> None:
+    """Wrap ``owner.<attribute>`` with the recorded LoRA config (unless it has adapters) and load ``state``, frozen."""
+    current = getattr(owner, attribute)
+    if not isinstance(current, PeftModel):
+        fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"peft_type", "base_model_name_or_path"}
+        config = LoraConfig(**{k: v for k, v in json.loads(config_json).items() if k in fields})
+        current = get_peft_model(current, config)
+        setattr(owner, attribute, current)
+    load_lora_state_dict(current, state)
+    current.requires_grad_(False)
+
+
 def load_report_gen_checkpoint(
     model: ReportGenerator,
     directory: str | Path,
@@ -101,7 +132,7 @@ def load_report_gen_checkpoint(
 
     Args:
         model: a report generator with the same base models (vision encoder and LLM weights).
-        directory: the checkpoint folder.
+        directory: the checkpoint folder, or the ``models/model.pt`` written from it.
         load_adapters: also load the LoRA folders (False loads only the projector: the start of stage 2).
         expected_record: the current config's record; its projector type and prompt template must match.
         base_name: the LLM path of ``model``, for the error message.
@@ -111,10 +142,11 @@ def load_report_gen_checkpoint(
     """
     target = unwrap(model)
     directory = Path(directory)
-    projector_file = directory / PROJECTOR_FILE
+    from_model_pt = directory.suffix == ".pt"
+    projector_file = directory if from_model_pt else directory / PROJECTOR_FILE
     if not projector_file.is_file():
-        raise FileNotFoundError(f"no report generator checkpoint at {directory} ({PROJECTOR_FILE} missing)")
-    record = read_folder_record(directory)
+        raise FileNotFoundError(f"no report generator checkpoint at {directory} ({projector_file.name} missing)")
+    record = read_checkpoint_metadata(directory) if from_model_pt else read_folder_record(directory)
     check_base_record(record, report_gen_fingerprint(target), str(directory), base_name)
     expected = json.loads(json.dumps(expected_record or {}, default=str))
     problems = [
@@ -124,7 +156,8 @@ def load_report_gen_checkpoint(
     ]
     if problems:
         raise ValueError(f"checkpoint {directory} was trained with another projector or prompt: " + "; ".join(problems))
-    state = load_file(str(projector_file))
+    flat = read_trained_state(directory) if from_model_pt else {}
+    state = _prefixed(flat, "projector") if from_model_pt else load_file(str(projector_file))
     own = target.projector.state_dict()
     mismatched = {
         k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape
@@ -135,7 +168,14 @@ def load_report_gen_checkpoint(
             f"shape (file, model) mismatches {mismatched}"
         )
     target.projector.load_state_dict(state)
-    if load_adapters:
+    if load_adapters and from_model_pt:
+        for key, owner, attribute in (
+            ("llm_lora", target, "language_model"),
+            ("vision_lora", target.vision_encoder, "model"),
+        ):
+            if _prefixed(flat, key):
+                _load_adapter_state(owner, attribute, _prefixed(flat, key), record[f"{key}_config"])
+    elif load_adapters:
         if (directory / "llm_lora").is_dir():
             _load_adapters(target, "language_model", directory / "llm_lora")
         if (directory / "vision_lora").is_dir():
