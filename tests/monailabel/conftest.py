@@ -67,9 +67,10 @@ def demo_bundles(tmp_path_factory) -> dict[str, Path]:
     return roots
 
 
-def server_conf(roots: dict[str, Path]) -> dict[str, str]:
-    """``--conf`` values of the app for the demo models (no spaces in a value: MONAI Label re-splits them)."""
-    conf = {"models": ",".join(roots)}
+def server_conf(roots: dict[str, Path], extra: dict[str, str] | None = None) -> dict[str, str]:
+    """``--conf`` values of the app for the demo models (no spaces in a value: MONAI Label re-splits them), plus
+    ``extra`` (``<bundle>.<key>: value``)."""
+    conf = {"models": ",".join(roots), **(extra or {})}
     for bundle, root in roots.items():
         conf[f"{bundle}.configs"] = "demo.json"
         conf[f"{bundle}.bundle_root"] = str(root)
@@ -77,10 +78,13 @@ def server_conf(roots: dict[str, Path]) -> dict[str, str]:
     return conf
 
 
-def cli_output(bundle: str, root: Path, image: str, out: Path, class_names: list[str] | None = None) -> dict:
-    """The bundle's own ``python -m monai.bundle run`` inference for one file, read from the file it writes."""
+def cli_output(
+    bundle: str, root: Path, image: str, out: Path, class_names: list[str] | None = None, extra: tuple[str, ...] = ()
+) -> dict:
+    """The bundle's own ``python -m monai.bundle run`` inference for one file, read from the file it writes
+    (``extra``: more ``--key value`` overrides, the same as the server's)."""
     out.mkdir(parents=True, exist_ok=True)
-    overrides: list[str] = [*DEMO[bundle]]
+    overrides: list[str] = [*DEMO[bundle], *extra]
     if bundle == "ctclip_lora":
         overrides += ["--input_files", json.dumps([image]), "--output_dir", str(out)]
         if class_names:

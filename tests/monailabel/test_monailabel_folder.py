@@ -10,15 +10,16 @@ from conftest import assert_probabilities_equal, cli_output, run_chain, server_c
 
 pytestmark = [pytest.mark.slow, pytest.mark.monailabel]
 
+CT_ID = "synth_0000"  # the first demo volume
 OPEN_VOCABULARY = ["Emphysema", "Lung nodule", "Pericardial effusion"]
 
 
 @pytest.fixture(scope="module")
 def folder_chain(tmp_path_factory, monailabel_bin, demo_bundles):
     studies = tmp_path_factory.mktemp("studies")
-    ct = sorted((demo_bundles["ctclip_lora"] / "demo_data" / "volumes").glob("*.nii.gz"))[0]
+    ct = demo_bundles["ctclip_lora"] / "demo_data" / "volumes" / f"{CT_ID}.nii.gz"
     xray = sorted((demo_bundles["cleft_cxr"] / "demo_data").rglob("*.png"))[0]
-    shutil.copy(ct, studies / "chest_ct.nii.gz")
+    shutil.copy(ct, studies / ct.name)  # its name is its row in the demo's HU metadata.csv
     shutil.copy(xray, studies / "chest_xray.png")
     work = tmp_path_factory.mktemp("folder_chain")
     plan = {
@@ -28,15 +29,15 @@ def folder_chain(tmp_path_factory, monailabel_bin, demo_bundles):
         "server_env": {"HOME": str(work / "home")},
         "conf": server_conf(demo_bundles),
         "requests": {
-            "ct": {"task": "ctclip_lora", "image": "chest_ct"},
-            "ct_open": {"task": "ctclip_lora", "image": "chest_ct", "params": {"class_names": OPEN_VOCABULARY}},
-            "ct_open_again": {"task": "ctclip_lora", "image": "chest_ct", "params": {"class_names": OPEN_VOCABULARY}},
+            "ct": {"task": "ctclip_lora", "image": CT_ID},
+            "ct_open": {"task": "ctclip_lora", "image": CT_ID, "params": {"class_names": OPEN_VOCABULARY}},
+            "ct_open_again": {"task": "ctclip_lora", "image": CT_ID, "params": {"class_names": OPEN_VOCABULARY}},
             "xray": {"task": "cleft_cxr", "image": "chest_xray"},
             "xray_labels": {"task": "cleft_cxr", "image": "chest_xray", "params": {"class_names": ["Edema", "Normal"]}},
             "report": {"task": "report_gen", "image": "chest_xray"},
-            "unknown_task": {"task": "segmentation_spleen", "image": "chest_ct"},
+            "unknown_task": {"task": "segmentation_spleen", "image": CT_ID},
             "unknown_image": {"task": "ctclip_lora", "image": "no_such_image"},
-            "empty_classes": {"task": "ctclip_lora", "image": "chest_ct", "params": {"class_names": []}},
+            "empty_classes": {"task": "ctclip_lora", "image": CT_ID, "params": {"class_names": []}},
             "duplicated_classes": {"task": "cleft_cxr", "image": "chest_xray", "params": {"class_names": ["A", "A"]}},
             "xray_to_ct_task": {"task": "ctclip_lora", "image": "chest_xray"},
             "after_errors": {"task": "cleft_cxr", "image": "chest_xray"},
@@ -44,20 +45,22 @@ def folder_chain(tmp_path_factory, monailabel_bin, demo_bundles):
         "concurrent": {"task": "cleft_cxr", "image": "chest_xray"},
     }
     results = run_chain(plan, work)
-    return results, studies
+    return results, studies / ct.name
 
 
 def test_info_lists_every_task(folder_chain):
     results, _ = folder_chain
     assert set(results["info"]["models"]) == {"ctclip_lora", "cleft_cxr", "report_gen"}
     assert results["info"]["models"]["ctclip_lora"]["type"] == "classification"
-    assert set(results["datastore"]["objects"]) == {"chest_ct", "chest_xray"}
+    assert set(results["datastore"]["objects"]) == {CT_ID, "chest_xray"}
 
 
 def test_served_results_equal_the_bundle_cli(folder_chain, demo_bundles, tmp_path):
-    results, studies = folder_chain
-    answers = {name: r["answer"] for name, r in results["requests"].items() if r["status"] == 200}
-    ct, xray = str(studies / "chest_ct.nii.gz"), str(studies / "chest_xray.png")
+    results, ct = folder_chain
+    for name in ("ct", "ct_open", "ct_open_again", "xray", "xray_labels", "report"):
+        assert results["requests"][name]["status"] == 200, (name, results["requests"][name])
+    answers = {name: r["answer"] for name, r in results["requests"].items()}
+    ct, xray = str(ct), str(ct.parent / "chest_xray.png")
     assert_probabilities_equal(
         answers["ct"], cli_output("ctclip_lora", demo_bundles["ctclip_lora"], ct, tmp_path / "a")
     )
