@@ -14,3 +14,8 @@ echo "[setup] installing torch==2.13.0 (CPU build)"
 echo "[setup] installing the project and its demo/test extras"
 .venv/bin/python -m pip install --quiet -e ".[demo,report,test]"
 .venv/bin/python -c "import torch, monai, transformers, peft; print(f'[setup] torch {torch.__version__}, monai {monai.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
+# Serving in MONAI Label (apps/monailabel, tests/monailabel): its own environment, .venv-monailabel, and Orthanc,
+# its DICOMweb plugin and Chromium from Debian. MEDVLM_SKIP_MONAILABEL=1 skips it (its tests then fail in CI).
+if [ "${MEDVLM_SKIP_MONAILABEL:-0}" != "1" ]; then
+    bash scripts/setup_monailabel.sh
+fi
