@@ -104,9 +104,10 @@ def ohif(base: str, work: Path, plan: dict) -> dict:
     common = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--window-size=1400,900", f"--user-data-dir={work / 'chromium'}",
               "--virtual-time-budget=30000"]  # fmt: skip
-    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    env = {**os.environ, "HOME": str(work / "home")}  # its caches stay in the test's folder
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=180, env=env)
     shot = work / "ohif.png"
-    subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=180)
+    subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=180, env=env)
     return {"dom": dom.stdout, "stderr": dom.stderr[-2000:], "screenshot": str(shot) if shot.exists() else None}
 
 
