@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,6 +50,13 @@ def wait_for(url: str, seconds: float, process: subprocess.Popen, log: Path) -> 
             return
         time.sleep(1)
     raise RuntimeError(f"{url} did not answer within {seconds} s:\n{log.read_text()[-4000:]}")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (outside a private network namespace, other servers may hold a fixed one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -125,7 +133,7 @@ def main(plan_path: str, out_path: str) -> None:
             results["orthanc_series"] = http("GET", f"{ORTHANC}/series?expand")[1]
         env = {**os.environ, **plan.get("server_env", {})}
         env["PATH"] = f"{Path(plan['monailabel']).parent}{os.pathsep}{env.get('PATH', '')}"  # its launcher calls python
-        port = plan.get("port", 8000)
+        port = plan.get("port") or free_port()
         base = f"http://127.0.0.1:{port}"
         conf = [arg for key, value in plan["conf"].items() for arg in ("--conf", key, str(value))]
         server = start([plan["monailabel"], "start_server", "--app", plan["app"], "--studies", plan["studies"],

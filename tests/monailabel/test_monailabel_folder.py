@@ -25,7 +25,6 @@ def folder_chain(tmp_path_factory, monailabel_bin, demo_bundles):
     plan = {
         "monailabel": str(monailabel_bin),
         "studies": str(studies),
-        "port": 8131,
         "server_env": {"HOME": str(work / "home")},
         "conf": server_conf(demo_bundles),
         "requests": {
