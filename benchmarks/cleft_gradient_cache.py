@@ -94,7 +94,8 @@ def _step(mode: str, batch_size: int, chunk_size: int, grads_out: str) -> dict:
         train_data_loader=[batch],
         network=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-        loss_function=CLEFTContrastiveLoss(),
+        # the gradient cache scores the similarity rows in chunks too: no (B, B) logits kept for backward
+        loss_function=CLEFTContrastiveLoss(chunk_size=chunk_size if mode == "gradient_cache" else None),
         prepare_batch=CLEFTPrepareBatch(model.text_encoder, names),
         decollate=False,
         iteration_update=GradientCacheIteration(chunk_size) if mode == "gradient_cache" else None,

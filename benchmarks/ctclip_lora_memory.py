@@ -92,7 +92,8 @@ def measure(lora: bool, checkpointing: bool, args: argparse.Namespace) -> dict:
         base = _rss_kib("VmRSS") * 1024
     for _ in range(2):  # the second step holds the optimizer state
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(batch))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast_dtype == "bfloat16"):
+            loss = loss_fn(model(batch))
         loss.backward()
         optimizer.step()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss_kib("VmHWM") * 1024
@@ -101,6 +102,7 @@ def measure(lora: bool, checkpointing: bool, args: argparse.Namespace) -> dict:
         "trainable": parameter_summary(model).trainable,
         "total": parameter_summary(model).total,
         "device": device.type,
+        "autocast_dtype": args.autocast_dtype,
     }
 
 
@@ -112,6 +114,9 @@ def main() -> None:
     parser.add_argument("--text_dim", type=int, default=256)
     parser.add_argument("--text_layers", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument(
+        "--autocast_dtype", default="", choices=["", "bfloat16"], help="the bundle's knob: bf16 autocast"
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(RESULTS / "ctclip_lora_memory"))
     args = parser.parse_args()
@@ -127,7 +132,8 @@ def main() -> None:
     rows = []
     for config in tqdm(CONFIGS, desc="configurations"):
         cmd = [sys.executable, __file__, "--child", json.dumps(config)] + [
-            f"--{k}={getattr(args, k)}" for k in ("dim", "image_size", "depth", "text_dim", "text_layers", "batch_size")
+            f"--{k}={getattr(args, k)}"
+            for k in ("dim", "image_size", "depth", "text_dim", "text_layers", "batch_size", "autocast_dtype")
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
@@ -150,7 +156,8 @@ def main() -> None:
     lines = [
         "# CT-CLIP training-step peak memory: LoRA vs full fine-tuning (measured in one run)\n",
         f"CT-CLIP architecture at reduced size (CTViT dim {args.dim}, 4+4 layers; volumes {record['model']['volume']}; "
-        f"BERT hidden {args.text_dim} x {args.text_layers}), random weights, device {rows[0]['device']}. "
+        f"BERT hidden {args.text_dim} x {args.text_layers}), random weights, device {rows[0]['device']}, "
+        f"autocast {args.autocast_dtype or 'off'}. "
         "Peak = memory above the built model during two AdamW steps "
         + (
             "(torch.cuda.max_memory_allocated)."

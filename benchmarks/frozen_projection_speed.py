@@ -6,7 +6,7 @@
    100k / 1M / 3M x 768 float16 rows, against a plain copy of the same bytes out of the same memory-mapped shards
    measured in the same run (page cache warm for both), before and after ``EmbeddingCache.compact``.
 
-    python benchmarks/frozen_projection_speed.py [--rows 100000 1000000 3000000] [--dim 768] [--tiny]
+    python benchmarks/frozen_projection_speed.py [--rows 100000 1000000 3000000] [--large-rows 10000000] [--tiny]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def bench_epoch(work: Path) -> dict:
     from common.data.manifest import load_manifest
     from common.data.synthetic_cxr import make_synthetic_cxr_dataset
     from common.losses.projection_objective import ProjectionObjective
-    from common.methods.projection.cached_dataset import CachedEmbeddingDataset, batch_collate
+    from common.methods.projection.cached_dataset import CachedEmbeddingDataset, ShuffledBatchSampler, batch_collate
     from common.methods.projection.embedding_extraction import build_embedding_table
     from common.methods.projection.heads import DualProjectionModel
     from common.text.frozen_text_encoder import FrozenTextEncoder
@@ -79,7 +79,7 @@ def bench_epoch(work: Path) -> dict:
         text_cache.locate([hash_text(text_encoder.prepare(r["report"])) for r in rows]),
         [r["label"] for r in rows],
     )
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=batch_collate)
+    loader = DataLoader(dataset, batch_sampler=ShuffledBatchSampler(len(dataset), batch_size), collate_fn=batch_collate)
     assert len(dataset) == len(table)
 
     def epoch_from_cache() -> None:
@@ -123,10 +123,28 @@ def _best(fn, repeats: int = 3) -> float:
     return min(times)
 
 
-def bench_cache_read(work: Path, rows: int, dim: int, batch_sizes: list[int], shard_rows: int = 65536) -> dict:
+def _best_pair(first, second, repeats: int = 3) -> dict:
+    """Both calls timed alternately ``repeats`` times: best wall-clock and best CPU (process) seconds of each.
+
+    On a machine shared with other jobs the wall clock also counts the time this process waits for a core; its CPU
+    time does not. Alternating the two sides exposes both to the same load.
+    """
+    best = {"first_s": [], "second_s": [], "first_cpu_s": [], "second_cpu_s": []}
+    for _ in range(repeats):
+        for name, fn in (("first", first), ("second", second)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            best[f"{name}_cpu_s"].append(time.process_time() - cpu)
+            best[f"{name}_s"].append(time.perf_counter() - wall)
+    return {key: min(values) for key, values in best.items()}
+
+
+def bench_cache_read(
+    work: Path, rows: int, dim: int, batch_sizes: list[int], shard_rows: int = 65536, uncompacted: bool = True
+) -> dict:
     """The reads a training epoch does, against a plain copy of the same bytes, all in this one call."""
     from common.data.embedding_cache import EmbeddingCache
-    from common.methods.projection.cached_dataset import CachedEmbeddingDataset, batch_collate
+    from common.methods.projection.cached_dataset import CachedEmbeddingDataset, ShuffledBatchSampler, batch_collate
 
     identity = {"benchmark": "read", "rows": rows, "dim": dim}
     cache = EmbeddingCache(work / f"cache_{rows}", identity)
@@ -142,39 +160,72 @@ def bench_cache_read(work: Path, rows: int, dim: int, batch_sizes: list[int], sh
     nbytes = rows * dim * 2
 
     def plain_copy() -> None:
-        for path in shards:
-            np.array(np.load(path, mmap_mode="r"))  # memcpy of the shard's bytes from the page cache
+        for path in sorted(cache.root.glob("shard_*.npy")):  # the shards on disk now (before or after compact)
+            shard = np.load(path, mmap_mode="r")
+            for start in range(0, len(shard), shard_rows):  # memcpy of the bytes from the page cache, in blocks
+                np.array(shard[start : start + shard_rows])
 
     plain_copy()  # warm the page cache for every reader
-    copy_s = _best(plain_copy)
 
-    def epoch_reads(locations: np.ndarray) -> dict:
+    def epoch_reads(locations: np.ndarray, sizes: list[int]) -> dict:
         # CachedEmbeddingDataset reads both towers; here both read this space, in two shuffles
         dataset = CachedEmbeddingDataset(cache, locations, cache, locations[rng.permutation(rows)], np.zeros(rows))
         epochs = {}
-        for batch_size in batch_sizes:
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=batch_collate)
+        for batch_size in sizes:
+            loader = DataLoader(dataset, batch_sampler=ShuffledBatchSampler(rows, batch_size), collate_fn=batch_collate)
 
             def epoch(loader: DataLoader = loader) -> None:
                 for batch in loader:
                     assert batch["image_embedding"].dtype == torch.float32
 
-            epoch_s = _best(epoch) / 2  # two towers of float16 rows per item: per tower = the bytes of one copy
+            timed = _best_pair(plain_copy, epoch)  # two towers of float16 rows per item: halve the epoch's time
+            epoch_s, epoch_cpu_s = timed["second_s"] / 2, timed["second_cpu_s"] / 2
             epochs[batch_size] = {
                 "epoch_s_per_tower": epoch_s,
+                "epoch_cpu_s_per_tower": epoch_cpu_s,
+                "plain_copy_s": timed["first_s"],
+                "plain_copy_cpu_s": timed["first_cpu_s"],
                 "GBps": nbytes / epoch_s / 1e9,
-                "fraction_of_plain_copy": copy_s / epoch_s,
+                "fraction_of_plain_copy": timed["first_s"] / epoch_s,
+                "fraction_of_plain_copy_cpu": timed["first_cpu_s"] / epoch_cpu_s,
             }
         return epochs
 
-    as_written = epoch_reads(cache.locate(keys))  # shards as they were committed
+    def gather_only(locations: np.ndarray, batch_size: int) -> dict:
+        """The bound under the epoch read: per batch one fancy index of the map and one cast, nothing else."""
+        shard = np.load(next(cache.root.glob("shard_*.npy")), mmap_mode="r").view(np.ndarray)
+        rows_of = locations & 0xFFFFFFFF
+
+        def gather() -> None:
+            order = rows_of[rng.permutation(rows)]
+            for _ in range(2):  # two towers, as the epoch
+                for s in range(0, rows, batch_size):
+                    torch.from_numpy(np.take(shard, order[s : s + batch_size], axis=0)).float()
+
+        timed = _best_pair(plain_copy, gather)
+        return {
+            "fraction_of_plain_copy": timed["first_s"] / (timed["second_s"] / 2),
+            "fraction_of_plain_copy_cpu": timed["first_cpu_s"] / (timed["second_cpu_s"] / 2),
+        }
+
+    as_written = epoch_reads(cache.locate(keys), batch_sizes[:1]) if uncompacted else {}  # shards as committed
     start = time.perf_counter()
-    cache.compact()  # what extraction does after adding embeddings
+    cache.compact()  # what extraction does after adding embeddings: here more than max_shards large shards
     compact_s = time.perf_counter() - start
     start = time.perf_counter()
     locations = cache.locate(keys)  # once per run, before the first epoch
     locate_s = time.perf_counter() - start
-    compacted = epoch_reads(locations)
+    compacted = epoch_reads(locations, batch_sizes)
+    bound = gather_only(locations, batch_sizes[0])
+    more = [f"new{i:061x}" for i in range(1000)]
+    for s in range(0, len(more), 32):  # an extraction adding 1,000 rows in its batches of 32, then compacting
+        cache.add(more[s : s + 32], rng.standard_normal((len(more[s : s + 32]), dim), dtype=np.float32) * 0.1)
+    start = time.perf_counter()
+    cache.compact()  # only the 32 small shards are merged: the large one is left as it is
+    compact_added_s = time.perf_counter() - start
+    locations = cache.locate(keys)  # a run after the extraction resolves its keys again
+    two_shards = epoch_reads(locations, batch_sizes[:1]) if uncompacted else {}
+    copy_s = compacted[batch_sizes[0]]["plain_copy_s"]
     return {
         "rows": rows,
         "dim": dim,
@@ -188,35 +239,49 @@ def bench_cache_read(work: Path, rows: int, dim: int, batch_sizes: list[int], sh
         "training_epoch_read": compacted,
         "training_epoch_read_uncompacted": as_written,
         "compact_s": compact_s,
+        "compact_s_after_adding_1000_rows": compact_added_s,
+        "shards_after_adding_1000_rows": len(list(cache.root.glob("shard_*.npy"))),
+        "training_epoch_read_after_adding_1000_rows": two_shards,
+        "gather_and_cast_only": bound,
         "locate_s_per_million_keys": locate_s / rows * 1e6,
     }
 
 
 def _markdown(args, machine: str, epoch: dict, reads: list[dict], headline: dict) -> str:
     batch = str(args.batch_sizes[0])
+
+    def fraction(read: dict, field: str = "fraction_of_plain_copy") -> str:
+        return f"{read[batch][field]:.2f}" if read else "not run"
+
     scaling = "\n".join(
         f"| {r['rows']:,} | {r['bytes'] / 1e9:.2f} | {r['shards']} | {r['plain_copy_GBps']:.2f} | "
-        f"{r['training_epoch_read'][batch]['GBps']:.2f} | **{r['training_epoch_read'][batch]['fraction_of_plain_copy']:.2f}** | "
-        f"{r['training_epoch_read'][batch]['epoch_s_per_tower']:.2f} | "
-        f"{r['training_epoch_read_uncompacted'][batch]['fraction_of_plain_copy']:.2f} | {r['compact_s']:.1f} |"
+        f"{r['training_epoch_read'][batch]['GBps']:.2f} | **{fraction(r['training_epoch_read'])}** | "
+        f"**{fraction(r['training_epoch_read'], 'fraction_of_plain_copy_cpu')}** | "
+        f"{r['gather_and_cast_only']['fraction_of_plain_copy']:.2f} / "
+        f"{r['gather_and_cast_only']['fraction_of_plain_copy_cpu']:.2f} | "
+        f"{r['training_epoch_read'][batch]['epoch_s_per_tower']:.2f} | {fraction(r['training_epoch_read_uncompacted'])} | "
+        f"{fraction(r['training_epoch_read_after_adding_1000_rows'])} | {r['compact_s']:.1f} | "
+        f"{r['compact_s_after_adding_1000_rows']:.2f} |"
         for r in reads
     )
     batches = "\n".join(
-        f"| {b} | {v['GBps']:.2f} | {v['fraction_of_plain_copy']:.2f} |"
+        f"| {b} | {v['GBps']:.2f} | {v['fraction_of_plain_copy']:.2f} | {v['fraction_of_plain_copy_cpu']:.2f} |"
         for b, v in headline["training_epoch_read"].items()
     )
     return f"""# frozen_projection benchmark
 
 Command: `python benchmarks/frozen_projection_speed.py {" ".join(sys.argv[1:])}`.
 Set-up: {machine}; CPU only, `torch.set_num_threads(1)`; the machine was **shared with other jobs** (other
-engineers' tests), so only ratios measured in this one run mean anything: each size's cache read and its plain
-copy are timed back to back (best of 3 each), page cache warm for both.
+engineers' tests and benchmarks), so only ratios measured in this one run mean anything: for each figure the cache
+read and the plain copy are timed alternately, 3 times each, page cache warm for both; the best wall-clock and the
+best CPU (process) time of each side are kept. The wall clock also counts the time the process waits for a core
+under the load; the CPU time does not.
 
 ## Training an epoch: from the cache vs recomputing the frozen embeddings
 
 Demo encoders (tiny ViT 64 px + real MiniLM-L6), {epoch["train_rows"]} training studies, batch 64, label-aware
-pairwise loss. The cached side reads every batch from the memory-mapped cache through
-`CachedEmbeddingDataset` + `DataLoader(shuffle=True)` (not from tensors already in memory).
+pairwise loss. The cached side reads every batch from the memory-mapped cache through `CachedEmbeddingDataset` +
+`DataLoader(batch_sampler=ShuffledBatchSampler)` (not from tensors already in memory).
 
 | | seconds per epoch (best of several) |
 | --- | --- |
@@ -227,36 +292,26 @@ pairwise loss. The cached side reads every batch from the memory-mapped cache th
 ## The read a training epoch does: shuffled rows, float32 out, one gather per batch
 
 {args.dim}-dim float16 rows, written in shards of {reads[0]["shard_rows"]:,} rows, then `EmbeddingCache.compact()`
-(which `extract_embeddings` now runs after adding embeddings) merges them into one memory-mapped shard. The epoch
-read is `DataLoader(CachedEmbeddingDataset, batch_size={batch}, shuffle=True)`: per batch and tower one
-`EmbeddingCache.read` = one fancy index of the map, one float16 -> float32 cast (torch's, vectorised). With several
-shards the read sorts the batch's locations, fancy-indexes each shard once, un-permutes while still float16 and
-casts once (the "shards as written" column). Keys are resolved once per run
-({headline["locate_s_per_million_keys"]:.2f} s per million keys, not in the epoch). The plain copy is `np.array(shard)`
-of every {reads[0]["shard_rows"]:,}-row shard as written: the same bytes, sequential, into fresh memory.
+merges them into one memory-mapped shard (more than `max_shards=4` large shards: a whole rewrite). The epoch read
+is `DataLoader(CachedEmbeddingDataset, batch_sampler=ShuffledBatchSampler(N, {batch}))`: the sampler hands each
+batch's indices as one slice of one permutation (no Python step per index; the batches of `shuffle=True`), and per
+batch and tower one `EmbeddingCache.read` = one fancy index of the map into a reused float16 buffer, one float16 ->
+float32 cast (torch's), one sum to check the block is finite. Keys are resolved once per run
+({headline["locate_s_per_million_keys"]:.2f} s per million keys, not in the epoch). The plain copy is
+`np.array` of every {reads[0]["shard_rows"]:,}-row block of the shards on disk at that moment: the same bytes,
+sequential, into fresh memory. "Gather + cast only" is the floor under the read: the same shuffled batches, one `np.take` and one cast per
+batch, no DataLoader, no check. "After +1,000 rows": an extraction adds 1,000 rows in 32-row shards and
+`compact()` merges only those small shards (its time is the last column); the epoch then reads two shards.
 
-| rows | GB (float16) | shards as written | plain copy GB/s | epoch read GB/s (compacted) | **epoch read / plain copy** | epoch s (one tower) | same read, shards as written / copy | `compact()` s |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| rows | GB (float16) | shards as written | plain copy GB/s | epoch read GB/s | **read / copy (wall)** | **read / copy (CPU)** | gather + cast only / copy (wall / CPU) | epoch s (one tower) | shards as written / copy | after +1,000 rows / copy | full `compact()` s | `compact()` after +1,000 rows, s |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {scaling}
 
 Batch size at {headline["rows"]:,} rows (the bundle's default is 128):
 
-| batch | epoch read GB/s | / plain copy |
-| --- | --- | --- |
+| batch | epoch read GB/s | / plain copy (wall) | / plain copy (CPU) |
+| --- | --- | --- | --- |
 {batches}
-
-Before this change the same epoch read (whole shuffled `get`, numpy float16->float32 cast while scattering) was
-**0.11** of the plain copy. What it cost, measured while making this: numpy's float16 -> float32 cast is ~20x slower
-than torch's; `np.memmap.__getitem__` adds Python overhead per call; and above all one read call per shard a
-shuffled batch touches (a batch of 128 over 16 shards = 16 calls of ~8 rows each). Shards as extraction commits them
-hold `extraction_batch_size` rows (32 by default): a million-row cache was ~31,000 shards, one call per row. Hence
-`compact()`: after it the epoch read does a single call per batch, and the reader reuses small batch buffers while
-the plain copy first-touches fresh memory.
-
-10M x 768 was not run: the disk has room (15.4 GB), but this VM has 23 GB of RAM shared with other engineers' jobs,
-so 15.4 GB of shards could not stay in the page cache next to them and the figure would time the disk, not the
-read; the epoch's seconds per row above stay within the machine's load swings from {reads[0]["rows"]:,} to {reads[-1]["rows"]:,} rows (seconds grow linearly
-in the rows, and the plain copy's own GB/s swung 3.5x between sizes in this run).
 """
 
 
@@ -265,11 +320,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 3_000_000])
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512, 2048])
+    parser.add_argument(
+        "--large-rows", type=int, nargs="*", default=[], help="sizes read at the first batch size only, compacted only"
+    )
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (2,000 and 5,000 rows x 64)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
     args = parser.parse_args()
     if args.tiny:
-        args.rows, args.dim, args.batch_sizes = [2_000, 5_000], 64, [128, 512]
+        args.rows, args.dim, args.batch_sizes, args.large_rows = [2_000, 5_000], 64, [128, 512], [3_000]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)  # steadier timings on a shared machine; both sides of each ratio run alike
     work = Path(tempfile.mkdtemp(prefix="fp_bench_", dir=ROOT / "benchmarks"))
@@ -279,6 +337,10 @@ def main() -> None:
         print(json.dumps(epoch, indent=2), flush=True)
         for rows in args.rows:
             reads.append(bench_cache_read(work, rows, args.dim, args.batch_sizes))
+            print(json.dumps(reads[-1], indent=2), flush=True)
+            shutil.rmtree(next(work.glob(f"cache_{rows}")), ignore_errors=True)
+        for rows in args.large_rows:  # memory-mapped; need not fit in RAM
+            reads.append(bench_cache_read(work, rows, args.dim, args.batch_sizes[:1], uncompacted=False))
             print(json.dumps(reads[-1], indent=2), flush=True)
             shutil.rmtree(next(work.glob(f"cache_{rows}")), ignore_errors=True)
     finally:
@@ -297,6 +359,9 @@ def main() -> None:
         "cache_read": reads,
         "frozen_cache_training_read_vs_copy": headline["training_epoch_read"][args.batch_sizes[0]][
             "fraction_of_plain_copy"
+        ],
+        "frozen_cache_training_read_vs_copy_cpu": headline["training_epoch_read"][args.batch_sizes[0]][
+            "fraction_of_plain_copy_cpu"
         ],
         "headline": f"{headline['rows']} rows x {args.dim}, batch {args.batch_sizes[0]}",
     }

@@ -268,7 +268,9 @@ def _peak_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def stage_worker(stage: int, checkpointing: bool, batch_size: int, report_tokens: int) -> dict:
+def stage_worker(
+    stage: int, checkpointing: bool, batch_size: int, report_tokens: int, autocast_dtype: str = ""
+) -> dict:
     """One stage's training steps in this (fresh) process: trainable parameters and peak memory."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -285,7 +287,9 @@ def stage_worker(stage: int, checkpointing: bool, batch_size: int, report_tokens
     start = time.perf_counter()
     for _ in range(3):
         optimizer.zero_grad(set_to_none=True)
-        model(batch)["loss"].backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype == "bfloat16"):
+            loss = model(batch)["loss"]
+        loss.backward()
         optimizer.step()
     elapsed = (time.perf_counter() - start) / 3
     summary = parameter_summary(model)
@@ -299,10 +303,11 @@ def stage_worker(stage: int, checkpointing: bool, batch_size: int, report_tokens
         "peak_before_steps_MiB": before / 2**20,
         "seconds_per_step": elapsed,
         "device": device.type,
+        "autocast_dtype": autocast_dtype,
     }
 
 
-def stages_benchmark(batch_size: int, report_tokens: int) -> list[dict]:
+def stages_benchmark(batch_size: int, report_tokens: int, autocast_dtype: str = "") -> list[dict]:
     rows = []
     for stage, checkpointing in tqdm([(1, False), (2, False), (2, True)], desc="stage benchmark"):
         command = [
@@ -314,6 +319,7 @@ def stages_benchmark(batch_size: int, report_tokens: int) -> list[dict]:
             str(batch_size),
             "--report-tokens",
             str(report_tokens),
+            f"--autocast_dtype={autocast_dtype}",
         ] + (["--checkpointing"] if checkpointing else [])
         out = subprocess.run(
             command, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -333,12 +339,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
     parser.add_argument("--stage-worker", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--autocast_dtype", default="", choices=["", "bfloat16"], help="bf16 autocast of training steps"
+    )
     args = parser.parse_args()
     if args.tiny:
         args.batch_sizes, args.new_tokens, args.repeats, args.batch_size, args.report_tokens = [2, 4], 24, 1, 2, 8
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.stage_worker:
-        print(json.dumps(stage_worker(args.stage_worker, args.checkpointing, args.batch_size, args.report_tokens)))
+        print(
+            json.dumps(
+                stage_worker(
+                    args.stage_worker, args.checkpointing, args.batch_size, args.report_tokens, args.autocast_dtype
+                )
+            )
+        )
         return
     environment = {
         "torch": torch.__version__,
@@ -348,7 +363,7 @@ def main() -> None:
         "load": "shared with other jobs",
     }
     generation = generation_benchmark(args.batch_sizes, args.new_tokens, args.batch_size, args.repeats)
-    stages = stages_benchmark(args.batch_size, args.report_tokens)
+    stages = stages_benchmark(args.batch_size, args.report_tokens, args.autocast_dtype)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "environment": environment,

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_suite_runs_tiny_on_cpu(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--tiny", "--out", str(tmp_path)],
+        ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--tiny", "--bf16", "--out", str(tmp_path)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -38,3 +38,7 @@ def test_gpu_suite_runs_tiny_on_cpu(tmp_path):
         assert (tmp_path / f"{name}.md").read_text().startswith("#"), name
     generation = json.loads((tmp_path / "report_gen_benchmark.json").read_text())["generation"]
     assert generation["generation_batched_speedup"] > 0 and generation["kv_cache_speedup"] > 0
+    # --bf16 reaches the benchmarks of the bundles that offer autocast_dtype (CPU autocast runs bf16 too)
+    stages = json.loads((tmp_path / "report_gen_benchmark.json").read_text())["stages"]
+    lora = json.loads((tmp_path / "ctclip_lora_memory.json").read_text())["rows"]
+    assert {row["autocast_dtype"] for row in stages + lora} == {"bfloat16"}

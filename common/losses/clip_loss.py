@@ -15,6 +15,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from common.losses.temperature import check_temperature
 
@@ -112,12 +113,19 @@ class ClipLoss(nn.Module):
         gather_with_grad: gather features across ranks with gradient (default; the full-batch gradient).
         normalize: L2-normalise the features first. Models that already return normalised features may set
             this to False to save work.
+        chunk_size: rows of the similarity matrix scored at a time (None or 0: all at once). Each chunk's
+            ``(chunk, B)`` logits are recomputed in the backward pass (``torch.utils.checkpoint``) instead of kept,
+            so the loss holds one chunk's logits, never the ``(B, B)`` matrix; the loss and its gradients are
+            the full matrix's (up to float summation order).
     """
 
-    def __init__(self, gather_with_grad: bool = True, normalize: bool = True) -> None:
+    def __init__(self, gather_with_grad: bool = True, normalize: bool = True, chunk_size: int | None = None) -> None:
         super().__init__()
+        if chunk_size is not None and int(chunk_size) < 0:
+            raise ValueError(f"chunk_size must be None, 0 (no chunks) or a positive number of rows, got {chunk_size}")
         self.gather_with_grad = gather_with_grad
         self.normalize = normalize
+        self.chunk_size = int(chunk_size or 0)
         self._warned = False
 
     def _warn_partial_gradient(self) -> None:
@@ -149,7 +157,35 @@ class ClipLoss(nn.Module):
             text_features = F.normalize(text_features, dim=-1)
         all_images, offset = gather_features(image_features, self.gather_with_grad)
         all_texts, _ = gather_features(text_features, self.gather_with_grad)
-        targets = torch.arange(image_features.shape[0], device=image_features.device) + offset
-        logits_per_image = clip_logits(image_features, all_texts, logit_scale)
-        logits_per_text = clip_logits(text_features, all_images, logit_scale)
-        return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))
+        rows = image_features.shape[0]
+        targets = torch.arange(rows, device=image_features.device) + offset
+        if not self.chunk_size or self.chunk_size >= rows:
+            logits_per_image = clip_logits(image_features, all_texts, logit_scale)
+            logits_per_text = clip_logits(text_features, all_images, logit_scale)
+            return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))
+        logit_scale = torch.as_tensor(logit_scale, dtype=image_features.dtype, device=image_features.device)
+        total = image_features.new_zeros(())
+        for start in range(0, rows, self.chunk_size):
+            part = slice(start, start + self.chunk_size)
+            args = (image_features[part], text_features[part], all_images, all_texts, logit_scale, targets[part])
+            if torch.is_grad_enabled():
+                total = total + checkpoint(_summed_cross_entropies, *args, use_reentrant=False)
+            else:
+                total = total + _summed_cross_entropies(*args)
+        return 0.5 * total / rows
+
+
+def _summed_cross_entropies(
+    image_rows: torch.Tensor,
+    text_rows: torch.Tensor,
+    all_images: torch.Tensor,
+    all_texts: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Summed image->text plus text->image cross-entropy of some rows (R, D) against every column (B, D)."""
+    logits_per_image = clip_logits(image_rows, all_texts, logit_scale)
+    logits_per_text = clip_logits(text_rows, all_images, logit_scale)
+    return F.cross_entropy(logits_per_image, targets, reduction="sum") + F.cross_entropy(
+        logits_per_text, targets, reduction="sum"
+    )

@@ -20,11 +20,18 @@ __all__ = ["CLEFTContrastiveLoss", "PromptClassificationLoss"]
 
 
 class CLEFTContrastiveLoss(nn.Module):
-    """Symmetric InfoNCE, the SUM of both directions (official CLEFT), on a CLEFT output dict; ``targets`` is unused."""
+    """Symmetric InfoNCE, the SUM of both directions (official CLEFT), on a CLEFT output dict; ``targets`` is unused.
 
-    def __init__(self, gather_with_grad: bool = True) -> None:
+    Args:
+        gather_with_grad: see :class:`~common.losses.clip_loss.ClipLoss`.
+        chunk_size: rows of the similarity matrix scored at a time (None or 0: all at once); with the gradient
+            cache, its chunk size, so that the loss over a large batch never holds the ``(B, B)`` logits.
+    """
+
+    def __init__(self, gather_with_grad: bool = True, chunk_size: int | None = None) -> None:
         super().__init__()
-        self.clip_loss = ClipLoss(gather_with_grad=gather_with_grad, normalize=False)  # features come normalised
+        # features come normalised
+        self.clip_loss = ClipLoss(gather_with_grad=gather_with_grad, normalize=False, chunk_size=chunk_size)
 
     def forward(self, output: Mapping[str, torch.Tensor], targets: object = None) -> torch.Tensor:
         # ClipLoss returns the mean of the two cross-entropies; the official CLEFT loss is their sum

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.data.embedding_cache import EmbeddingCache, hash_file_content, hash_text
+from common.data.embedding_cache import EmbeddingCache, NonFiniteEmbeddingError, hash_file_content, hash_text
 from common.data.image_loading import describe_source
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,12 @@ def extract_embeddings(
     kept = [i for i, k in enumerate(keys) if k is not None]
     if not kept:
         raise ValueError(f"no {modality} embedding could be computed: all {len(rows)} rows were bad")
-    return cache.get([keys[i] for i in kept]), kept
+    try:
+        return cache.get([keys[i] for i in kept]), kept
+    except NonFiniteEmbeddingError as err:  # a corrupted cache file: name the manifest row the entry belongs to
+        row = first_row.get(err.key or "")
+        source = describe_source(row, "report" if modality == "text" else "image") if row else "an unknown row"
+        raise NonFiniteEmbeddingError(f"{modality} embedding of {source}: {err}", err.key, err.location) from None
 
 
 def _encode_missing(
