@@ -12,7 +12,9 @@ the file name Ignite gives it:
   or as the folder itself when it is the only object; every other object as ``<key>.safetensors``. The folder's
   ``base_models.json`` holds the record, so ``PeftModel.from_pretrained(base, folder)`` keeps working unchanged.
 
-A superseded file is removed only after its replacement is complete, so a crash leaves the previous best.
+A superseded file is removed only after its replacement is complete, so a crash leaves the previous best; what a
+kill -9 mid-swap leaves (a staging ``.adapters.tmp-*`` folder, the previous folder renamed ``.adapters.old-*``) is
+undone when the next run creates its save handler (:func:`common.data.atomic_io.clean_interrupted_writes`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import ignite.distributed as idist
 import torch
 from ignite.handlers.checkpoint import BaseSaveHandler
 
-from common.data.atomic_io import atomic_directory
+from common.data.atomic_io import atomic_directory, clean_interrupted_writes
 from common.engines.checkpoint import save_safetensors, unwrap
 from common.weights.fingerprint import BASE_NAME_KEY, base_fingerprint, base_record, check_base_record
 
@@ -108,6 +110,9 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
         self.save_on_rank = save_on_rank
         self._superseded: list[str] = []
         self.context: dict[str, Any] = {}  # set by EngineCheckpoint before each save: epoch, score sign
+        if idist.get_rank() == save_on_rank:  # a save killed mid-swap: put the previous folder back, drop staging
+            for action in clean_interrupted_writes(self.dirname):
+                logger.warning("%s: %s (left by an interrupted checkpoint write)", self.dirname, action)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if idist.get_rank() != self.save_on_rank:
