@@ -82,6 +82,17 @@ CASES = {
         [(["train", "demo"], "model", ("--num_epochs", "4"))],
         ["model.safetensors", "model_final.safetensors"],
     ),
+    "ctclip_lora": (  # validates before training: the resume must be restored before that validation scores
+        [(["train", "demo"], "adapters", ("--num_epochs", "3"))],
+        ["adapters", "adapters.safetensors"],
+    ),
+    "report_gen": (
+        [
+            (["train", "demo"], "stage1_best", ("--num_epochs", "2", "--val_interval", "2")),
+            (["train", "train_stage2", "demo"], "stage2_best", ("--num_epochs", "2", "--val_interval", "2")),
+        ],
+        ["stage1", "stage1_best", "stage2", "stage2_best"],
+    ),
 }
 
 
