@@ -13,7 +13,8 @@ during the write leaves the previous one) holding:
   the evaluator's best metric, so a resumed run never replaces a better ``model.safetensors`` by a worse one.
 
 A rerun of the same run (same identity, :mod:`common.engines.run_record`) loads it with
-``Checkpoint.load_objects`` when the trainer starts, before any other handler (validation at start included) runs.
+``Checkpoint.load_objects`` when the trainer starts, before any other handler runs (the handler stands first where the
+trainer validates at start, as ctclip_lora's does); the random states are restored when the first resumed epoch starts.
 A run of a different identity in the same ``ckpt_dir`` is refused, and so is ``resume=False`` where a run is
 recorded: nothing written by the other run is overwritten; the message says to pick a new ``ckpt_dir``.
 """
@@ -298,12 +299,20 @@ class ResumeHandler:
             # (validation, best checkpoints, LR schedule), so the state it writes includes the epoch's best record
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._writer)
 
+    def _restore_random(self, engine: Engine, random_states: RandomStates, state: Mapping[str, Any]) -> None:
+        """Once, at the first resumed epoch's start (before its DataLoader iterator is made)."""
+        random_states.load_state_dict(state)
+        engine.remove_event_handler(self._restore_random, Events.EPOCH_STARTED)
+
     def _restore(self, engine: Engine, objects: Mapping[str, Any]) -> None:
         state = load_resume_state(self.state_path)
         missing = sorted(set(objects) - set(state))
         if missing:
             self._refuse(f"{self.state_path} lacks {missing} (written by another configuration)")
-        Checkpoint.load_objects({k: objects[k] for k in objects}, state)
+        Checkpoint.load_objects({k: v for k, v in objects.items() if k != "random"}, state)
+        # the random states wait for the first resumed epoch: a validation at start (ctclip_lora) draws from torch's
+        # generator (its DataLoader iterator's base seed), which the uninterrupted run did before it saved the state
+        engine.add_event_handler(Events.EPOCH_STARTED, self._restore_random, objects["random"], state["random"])
         for checkpoint in self.checkpoints:  # a best file deleted since: forget its score, so the next epoch writes
             folder = Path(getattr(checkpoint.save_handler, "dirname", self.ckpt_dir))
             saved = checkpoint.state_dict()["_saved"]

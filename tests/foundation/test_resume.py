@@ -26,13 +26,17 @@ class _Stopped(Exception):
 
 
 class _Validate:
-    """Runs ``evaluator`` after every epoch (as MONAI's ValidationHandler does, without its type check)."""
+    """Runs ``evaluator`` at the start and after every epoch (as MONAI's ValidationHandler with ``exec_at_start``,
+    without its type check), on a DataLoader: making its iterator draws from torch's global generator."""
 
     def __init__(self, evaluator: Engine) -> None:
         self.evaluator = evaluator
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: self.evaluator.run([0]))
+        loader = torch.utils.data.DataLoader([0])  # made once, as in a config; each iterator draws a base seed
+        validate = lambda e: self.evaluator.run(loader)  # noqa: E731
+        engine.add_event_handler(Events.STARTED, validate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, validate)
 
 
 class _StopAt:
@@ -58,7 +62,7 @@ def _train(ckpt_dir, scores, stop_after=None, resume=True, seed=0, max_epochs=4)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
 
     def evaluate(engine, _):
-        engine.state.metrics["val"] = scores[trainer.state.epoch - 1]
+        engine.state.metrics["val"] = scores[trainer.state.epoch - 1] if trainer.state.epoch else 0.0
 
     evaluator = Engine(evaluate)
     to_save = {"model": TrainedWeights(network)}
@@ -85,12 +89,8 @@ def _train(ckpt_dir, scores, stop_after=None, resume=True, seed=0, max_epochs=4)
         network=network,
         optimizer=optimizer,
         loss_function=torch.nn.MSELoss(),
-        train_handlers=[
-            LrScheduleHandler(scheduler, print_lr=False),
-            _Validate(evaluator),
-            resumer,
-            _StopAt(stop_after),
-        ],
+        # first, as in ctclip_lora's train.json: restored before the validation at start scores the model
+        train_handlers=[resumer, LrScheduleHandler(scheduler, print_lr=False), _Validate(evaluator), _StopAt(stop_after)],
     )
     trainer.run()
     return network, resumer
