@@ -5,7 +5,8 @@ The one writer of the tree (eval files, caches, manifests, checkpoints, benchmar
 - :func:`write_text_atomic` ``(text, path)`` and :func:`write_json_atomic` ``(payload, path)`` - data first, as
   ``json.dump`` and ``torch.save``;
 - :func:`atomic_path` - a temporary path for any other writer (bytes, ``np.save``, ``savefig``, ``save_file``);
-- :func:`atomic_directory` - a folder swapped in as a whole.
+- :func:`atomic_directory` - a folder swapped in as a whole;
+- :func:`clean_interrupted_writes` - what a kill -9 mid-write left behind, undone on the next run.
 
 Files get the mode a plain ``open(path, "w")`` would give under the process umask (``mkstemp`` alone gives 0600).
 """
@@ -20,7 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_directory", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = [
+    "atomic_path",
+    "atomic_directory",
+    "clean_interrupted_writes",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "write_json_atomic",
+]
 
 
 def _umask() -> int:
@@ -97,3 +105,32 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
 def write_json_atomic(payload: Any, path: str | Path) -> Path:
     """JSON with indentation; numpy scalars and other numbers are written as floats."""
     return write_text_atomic(json.dumps(payload, indent=2, default=float), path)
+
+
+def clean_interrupted_writes(folder: str | Path) -> list[str]:
+    """Undo what a killed :func:`atomic_directory` / :func:`atomic_path` left in ``folder``; returns what was done.
+
+    A kill between the two renames of a folder swap leaves ``.<name>.old-<pid>`` (the previous complete folder) and no
+    ``<name>``: the old folder is put back. Every ``.<name>.tmp-*`` staging folder and ``.<name>.*.tmp`` file is
+    incomplete or unconfirmed, and is removed. Call it before writing into ``folder`` again, from the only writer.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    done = []
+    for old in sorted(folder.glob(".*.old-*")):
+        target = folder / old.name[1 : old.name.rindex(".old-")]
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+            done.append(f"removed {old.name}")
+        else:
+            os.replace(old, target)
+            done.append(f"restored {target.name} from {old.name}")
+    for tmp in sorted(folder.glob(".*.tmp-*")):
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        done.append(f"removed {tmp.name}")
+    for tmp in sorted(folder.glob(".*.tmp")):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            done.append(f"removed {tmp.name}")
+    return done

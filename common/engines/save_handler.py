@@ -16,7 +16,9 @@ the file name Ignite gives it:
 ``models/model.pt`` (:func:`~common.engines.checkpoint.save_model_pt`: the same tensors and record, for
 ``torch.load(weights_only=True)`` and MONAI's ``CheckpointLoader``), so every writer of weights is this handler.
 
-A superseded file is removed only after its replacement is complete, so a crash leaves the previous best.
+A superseded file is removed only after its replacement is complete, so a crash leaves the previous best; what a
+kill -9 mid-swap leaves (a staging ``.adapters.tmp-*`` folder, the previous folder renamed ``.adapters.old-*``) is
+undone when the next run creates its save handler (:func:`common.data.atomic_io.clean_interrupted_writes`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 from ignite.handlers.checkpoint import BaseSaveHandler
 from peft import get_peft_model_state_dict
 
-from common.data.atomic_io import atomic_directory
+from common.data.atomic_io import atomic_directory, clean_interrupted_writes
 from common.engines.checkpoint import save_model_pt, save_safetensors, unwrap
 from common.weights.fingerprint import BASE_NAME_KEY, base_fingerprint, base_record, check_base_record
 
@@ -132,6 +134,9 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
         self.model_pt = model_pt
         self._superseded: list[str] = []
         self.context: dict[str, Any] = {}  # set by EngineCheckpoint before each save: epoch, score sign
+        if idist.get_rank() == save_on_rank:  # a save killed mid-swap: put the previous folder back, drop staging
+            for action in clean_interrupted_writes(self.dirname):
+                logger.warning("%s: %s (left by an interrupted checkpoint write)", self.dirname, action)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if idist.get_rank() != self.save_on_rank:
