@@ -10,6 +10,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
+from common import errors as _errors
 from common._lazy import lazy_submodules
+
+_errors.install()  # the last line of a failed bundle run names the bad input (common/errors.py)
 
 __getattr__ = lazy_submodules(__name__)
