@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from monai.bundle import ConfigParser
+from PIL import Image
 
 from common.data.manifest import ManifestError, load_manifest, write_manifest
 
