@@ -17,6 +17,7 @@ skipped with ``skip_bad_rows``. What is read, by type:
 from __future__ import annotations
 
 import gzip
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +28,9 @@ from PIL import Image, UnidentifiedImageError
 from common.data.volume_checks import check_dicom_series, check_pixel_data
 
 __all__ = ["check_image_file"]
+
+logger = logging.getLogger(__name__)
+_noted = {"orientation": False}
 
 _PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _REPLACE = "replace the file (re-export or re-download it), or remove the row (or set skip_bad_rows true)"
@@ -70,6 +74,13 @@ def _check_dicom_file(path: Path) -> None:
         raise ValueError(f"{path} is not a DICOM file (no DICM preamble or DICOM header); {_REPLACE}") from None
     except Exception as err:  # noqa: BLE001 - pydicom raises many types on a cut file
         raise ValueError(f"{path} is a damaged DICOM file ({type(err).__name__}: {err}); {_REPLACE}") from None
+    if not ("ImageOrientationPatient" in ds and "ImagePositionPatient" in ds) and not _noted["orientation"]:
+        _noted["orientation"] = True  # once per run: MONAI's PydicomReader warned on every load (common/log_noise.py)
+        logger.info(
+            "%s (and maybe other DICOM files) has no ImageOrientationPatient/ImagePositionPatient: read as a 2D image "
+            "in stored row/column order, the affine being the identity; this is said once",
+            path,
+        )
     if "PixelData" not in ds:
         raise ValueError(f"{path} is a DICOM file without pixel data (a report or structured document?); {_REPLACE}")
     try:
