@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["install", "root_cause", "INPUT_ERROR_TYPES"]
+__all__ = ["install", "input_error", "root_cause", "INPUT_ERROR_TYPES"]
 
 #: the exception types our input checks raise (DESIGN §6); subclasses (ManifestError, ...) included.
 INPUT_ERROR_TYPES: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
@@ -69,15 +69,23 @@ def _from_worker_text(text: str) -> str | None:
     return found
 
 
+def input_error(err: BaseException) -> BaseException | None:
+    """The outermost input error of ours in ``err``'s chain (MONAI wraps it in RuntimeErrors), or None."""
+    for link in _chain(err):
+        if isinstance(link, INPUT_ERROR_TYPES) and _raised_in_common(link):
+            return link
+    return None
+
+
 def root_cause(err: BaseException) -> str | None:
     """One line naming the bad input behind ``err``, or None when ``err`` is not caused by one of our input checks.
 
     The outermost error of ours in the chain is taken: where our code wraps a reader's error it adds the file and row.
     """
+    ours = input_error(err)
+    if ours is not None:
+        return f"{type(ours).__name__}: {' '.join(str(ours).split())}"
     for link in _chain(err):
-        if isinstance(link, INPUT_ERROR_TYPES) and _raised_in_common(link):
-            message = " ".join(str(link).split())
-            return f"{type(link).__name__}: {message}"
         text = str(link)
         if "DataLoader worker process" in text and "Original Traceback" in text:
             found = _from_worker_text(text)

@@ -11,6 +11,7 @@ missing or unexpected key, or a shape that differs, is an error that lists them 
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,9 +46,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's text invites weights_only=False: say why we do not
+        raise ValueError(
+            f"{path} pickles an object besides tensors and plain containers, so it is not read: loading it would run "
+            "code from the file (weights_only=False is never used here). Save its state dict with torch.save or as "
+            "safetensors in an environment you trust and point pretrained_path at that file. "
+            f"torch said: {str(error).splitlines()[0]}"
+        ) from error
     if isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], Mapping):
