@@ -240,12 +240,14 @@ def load_manifest(
         raise ManifestError(
             f"{path}: column(s) {absent} missing; columns are {list(raw_rows[0])}: add them (or rename yours)"
         )
-    rows, bad, uncertain = [], 0, 0
+    rows, every, bad, uncertain = [], [], 0, 0  # every: all valid rows, for the patient check across splits
     for number, raw in enumerate(raw_rows, start=1):
         try:
             row = _check_row(
                 raw, root, label_columns, class_names or {}, require_report, image_key, check_files, policy
             )
+            row["row"] = number
+            every.append(row)
             if wanted is not None and row["split"] not in wanted:
                 continue
             if image_key and check_files and check_images:
@@ -274,7 +276,7 @@ def load_manifest(
             "to have it (splits should be patient-level)",
             path,
         )
-    _check_patient_leak(rows, path)
+    _check_patient_leak(every, path)  # across all splits, also when only one split is read
     if not rows:
         raise ManifestError(f"{path}: no rows left for split {sorted(wanted) if wanted else 'any'}")
     return rows

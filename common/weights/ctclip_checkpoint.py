@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.weights.pickle_refusal import pickle_refusal
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["DROPPED_KEYS", "check_state_dict", "load_ctclip_checkpoint", "read_state_dict"]
@@ -52,11 +54,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # torch's text invites weights_only=False: say why we do not
         raise ValueError(
-            f"{path} pickles an object besides tensors and plain containers, so it is not read: loading it would run "
-            "code from the file (weights_only=False is never used here). Save its state dict with torch.save or as "
-            "safetensors in an environment you trust and point pretrained_path at that file. "
-            f"torch said: {str(error).splitlines()[0]}"
-        ) from error
+            pickle_refusal(
+                path,
+                error,
+                "Save its state dict with torch.save (tensors only) or as safetensors in an environment you trust "
+                "and point pretrained_path at that file.",
+            )
+        ) from None
     if isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], Mapping):
