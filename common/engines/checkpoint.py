@@ -28,7 +28,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from common.data.atomic_io import atomic_path
@@ -152,9 +152,17 @@ def save_safetensors(
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
-    """The safetensors header (``metadata``) of ``path``."""
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    """The safetensors header (``metadata``) of ``path``; a file that is not safetensors is a ValueError naming it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (train first, or set the checkpoint path)")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except SafetensorError as err:
+        raise ValueError(
+            f"checkpoint {path} is not a readable safetensors file ({err}): damaged or cut short; train again, or "
+            "restore it from a copy"
+        ) from None
 
 
 def load_trained_weights(

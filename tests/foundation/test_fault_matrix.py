@@ -4,7 +4,7 @@ the file, row and field (or is skipped with ``skip_bad_rows``), and nothing on d
 Each case parses the bundle's ``train.json`` with MONAI's ``ConfigParser`` and evaluates only the expression that
 reads the manifest (the bundle's wiring of :func:`common.data.manifest.load_manifest`), so no model is built. The
 message asserted is :func:`common.errors.root_cause` of what MONAI raises, which is exactly the last line a failed
-``python -m monai.bundle run`` prints (``tests/foundation/test_fault_matrix_bundle_runs.py`` checks that end to end).
+``python -m monai.bundle run`` prints (``tests/foundation/test_root_cause_line.py`` checks that end to end).
 """
 
 from __future__ import annotations
