@@ -192,7 +192,8 @@ def load_manifest(
         split: keep only these split(s) (``"train"`` or ``["val", "test"]``); None keeps all.
         label_columns: columns that must hold a numeric label (or a class name, see ``class_names``).
         class_names: ``{column: [name0, name1, ...]}`` for text-valued labels; unknown values are errors.
-        require_report: an empty or whitespace-only report is an error.
+        require_report: a report without words (empty, whitespace, only section headers or XXXX placeholders:
+            :func:`common.data.report_cleaning.has_report_text`) is an error.
         image_key: the image path column ("" for text-only manifests).
         check_files: check that every image path exists. Relative paths must stay inside ``dataset_dir`` (a
             ``..`` that leaves it is an error); absolute paths are used as given.
