@@ -184,8 +184,8 @@ def build_embedding_table(
 ) -> list[dict[str, Any]]:
     """Image and text embeddings of every row, as dataset items for the projection heads.
 
-    Returns dicts ``{"image_embedding" (D_i,), "text_embedding" (D_t,), "label", "split", "id", "row"}`` for the
-    rows whose image and text could both be embedded.
+    Returns dicts ``{"image_embedding" (D_i,), "text_embedding" (D_t,), "label", "split", "id", "row",
+    "manifest"}`` for the rows whose image and text could both be embedded.
     """
     image_embeddings, image_kept = extract_embeddings(
         image_encoder, rows, "image", cache_dir, batch_size, skip_bad_rows
@@ -208,6 +208,7 @@ def build_embedding_table(
                 "split": row.get("split", ""),
                 "id": str(row.get("id") or Path(str(row.get("image", index))).stem),
                 "row": row.get("row", index + 1),
+                "manifest": str(row.get("manifest", "")),  # names the manifest in split-size errors
             }
         )
     return table
