@@ -157,6 +157,7 @@ class RescaleHUd(MapTransform):
         self.hu_mode = hu_mode
         self.require_entry = require_entry
         self.metadata_csv = metadata_csv
+        self._said_hu = False
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -174,7 +175,13 @@ class RescaleHUd(MapTransform):
                 logger.warning("no HU rescale entry for %s in %s: taken as HU", source, self.metadata_csv)
                 continue
             if self.hu_mode == "auto" and looks_like_hu(volume):
-                logger.info("%s is already in HU (air at -1000): slope/intercept not applied again", source)
+                if not self._said_hu:  # once per process: one line per volume buried the rest of the log
+                    logger.info(
+                        "%s is already in HU (air at -1000): slope/intercept not applied again (further volumes "
+                        "already in HU are not logged)",
+                        source,
+                    )
+                    self._said_hu = True
                 continue
             slope, intercept = entry
             d[key] = volume * slope + intercept

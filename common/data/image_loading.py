@@ -28,6 +28,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform
 
+from common.data.image_checks import check_image_file
 from common.data.volume_checks import check_dicom_series
 
 logger = logging.getLogger(__name__)
@@ -68,11 +69,15 @@ def _reader_errors_named(path: Path, source: str, kind: str) -> Iterator[None]:
         yield
     except FileNotFoundError:
         raise
-    except ValueError as err:
-        if str(path) in str(err):
-            raise
-        raise ValueError(f"could not read {kind} {path} ({source}): {err}") from err
     except Exception as err:  # readers raise many types on corrupt files; name the file whatever it was
+        if isinstance(err, ValueError) and str(path) in str(err):
+            raise
+        try:  # say what is wrong with the file rather than MONAI's "install the reader libraries"
+            check_image_file(path, source)
+        except ValueError as clear:
+            raise ValueError(f"could not read {kind} {path} ({source}): {clear}") from err
+        except Exception:  # noqa: BLE001 - the check itself failed: report the reader's error
+            pass
         raise ValueError(f"could not read {kind} {path} ({source}): {type(err).__name__}: {err}") from err
 
 
@@ -185,9 +190,10 @@ class LoadVolume:
                 volume = self._dicom(str(path))
             else:
                 raise ValueError(f"unsupported volume type '{path.name}' (NIfTI file or DICOM folder expected)")
-        if volume.ndim != 4:
+        if volume.ndim != 4 or volume.shape[0] != 1:
             raise ValueError(
-                f"volume {path} ({source}) has shape {tuple(volume.shape)}; expected (1, X, Y, Z) for a 3D image"
+                f"volume {path} ({source}) has shape {tuple(volume.shape)}; expected (1, X, Y, Z) for a 3D image "
+                "(a 4D file holds several volumes: save one volume per file)"
             )
         if slices is not None and volume.shape[-1] != slices:
             raise ValueError(

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from common.data.atomic_io import atomic_path
+from common.data.image_checks import check_image_file
+from common.data.report_cleaning import has_report_text
 
 logger = logging.getLogger(__name__)
 
@@ -49,21 +53,28 @@ def read_manifest_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
+        raise ValueError(f"manifest {path} must be .csv or .jsonl, got '{path.suffix}'")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a BOM (Excel's "CSV UTF-8") is not part of the first column
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        bad = err.object[err.start : err.end]
+        raise ManifestError(
+            f"manifest {path} is not UTF-8 text: byte {err.start} (line {line}) is {bad!r}; "
+            "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8, or 'CSV UTF-8' in a spreadsheet)"
+        ) from None
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            return [dict(row) for row in csv.DictReader(handle)]
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = []
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ManifestError(f"{path}: line {line_number} is not valid JSON: {err}") from err
-        return rows
-    raise ValueError(f"manifest {path} must be .csv or .jsonl, got '{path.suffix}'")
+        return [dict(row) for row in csv.DictReader(io.StringIO(text, newline=""))]
+    rows = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{path}: line {line_number} is not valid JSON: {err}") from err
+    return rows
 
 
 def _parse_label(value: Any, column: str, class_names: Sequence[str] | None) -> int | float:
@@ -123,14 +134,22 @@ def _check_row(
             raise ManifestError(f"field '{image_key}': empty image path")
         path = Path(image)
         if not path.is_absolute() and dataset_dir is not None:
-            path = dataset_dir / path
+            path = Path(os.path.normpath(dataset_dir / path))
+            if not path.is_relative_to(os.path.normpath(dataset_dir)):
+                raise ManifestError(
+                    f"field '{image_key}': relative path {image!r} leaves dataset_dir {dataset_dir}; relative paths "
+                    "must stay inside dataset_dir (give an absolute path for a file stored elsewhere)"
+                )
         if check_files and not path.exists():
             raise ManifestError(f"field '{image_key}': file not found: {path}")
         row[image_key] = str(path)
     if require_report or "report" in raw:
         report = raw.get("report")
-        if require_report and (report is None or not str(report).strip()):
-            raise ManifestError("field 'report': empty report")
+        if require_report and not has_report_text(report):
+            raise ManifestError(
+                f"field 'report': empty report ({str(report or '')[:60]!r}: no words besides section headers and "
+                "XXXX placeholders)"
+            )
         row["report"] = "" if report is None else str(report)
     for column in label_columns:
         if column not in raw:
@@ -163,6 +182,7 @@ def load_manifest(
     skip_bad_rows: bool = False,
     binary_labels: bool = False,
     uncertain_label_policy: str = "error",
+    check_images: bool = True,
 ) -> list[dict[str, Any]]:
     """Read, validate and filter a manifest.
 
@@ -172,15 +192,20 @@ def load_manifest(
         split: keep only these split(s) (``"train"`` or ``["val", "test"]``); None keeps all.
         label_columns: columns that must hold a numeric label (or a class name, see ``class_names``).
         class_names: ``{column: [name0, name1, ...]}`` for text-valued labels; unknown values are errors.
-        require_report: an empty or whitespace-only report is an error.
+        require_report: a report without words (empty, whitespace, only section headers or XXXX placeholders:
+            :func:`common.data.report_cleaning.has_report_text`) is an error.
         image_key: the image path column ("" for text-only manifests).
-        check_files: check that every image path exists.
+        check_files: check that every image path exists. Relative paths must stay inside ``dataset_dir`` (a
+            ``..`` that leaves it is an error); absolute paths are used as given.
         skip_bad_rows: warn once per bad row and skip it (with a count at the end) instead of raising.
         binary_labels: every label column is 0/1 (multi-label); other values are errors naming file, row, column
             and value, except -1 (uncertain) under ``uncertain_label_policy``.
         uncertain_label_policy: ``"error"`` (default), ``"ignore"`` (the row is left out, one warning per row and a
             count: a per-label mask would reach every loss and metric), ``"positive"`` (-1 -> 1) or
             ``"negative"`` (-1 -> 0), as the CheXpert paper's U-Ignore / U-Ones / U-Zeros.
+        check_images: with ``check_files``, read every kept row's image up front
+            (:func:`common.data.image_checks.check_image_file`: header and decode), so a corrupt file stops the run
+            before training (or is skipped with ``skip_bad_rows``) instead of failing mid-epoch.
 
     Returns:
         Row dicts with absolute ``image`` paths, parsed labels, ``split``, ``patient_id``, and the context keys
@@ -210,12 +235,24 @@ def load_manifest(
     missing_columns = [c for c in label_columns if c not in raw_rows[0]]
     if missing_columns:
         raise ManifestError(f"{path}: label column(s) {missing_columns} missing; columns are {list(raw_rows[0])}")
-    rows, bad, uncertain = [], 0, 0
+    needed = [c for c in ([image_key] if image_key else []) + (["report"] if require_report else []) if c]
+    absent = [c for c in needed if all(c not in raw for raw in raw_rows)]
+    if absent:
+        raise ManifestError(
+            f"{path}: column(s) {absent} missing; columns are {list(raw_rows[0])}: add them (or rename yours)"
+        )
+    rows, every, bad, uncertain = [], [], 0, 0  # every: all valid rows, for the patient check across splits
     for number, raw in enumerate(raw_rows, start=1):
         try:
             row = _check_row(
                 raw, root, label_columns, class_names or {}, require_report, image_key, check_files, policy
             )
+            row["row"] = number
+            every.append(row)
+            if wanted is not None and row["split"] not in wanted:
+                continue
+            if image_key and check_files and check_images:
+                _check_image(row[image_key], image_key)
         except _DropRow as reason:
             logger.warning("leaving out row: %s: row %d: %s", path, number, reason)
             uncertain += 1
@@ -228,8 +265,7 @@ def load_manifest(
             bad += 1
             continue
         row["row"], row["manifest"] = number, str(path)
-        if wanted is None or row["split"] in wanted:
-            rows.append(row)
+        rows.append(row)
     if bad:
         logger.warning("%s: skipped %d bad row(s) of %d", path, bad, len(raw_rows))
     if uncertain:
@@ -241,10 +277,18 @@ def load_manifest(
             "to have it (splits should be patient-level)",
             path,
         )
-    _check_patient_leak(rows, path)
+    _check_patient_leak(every, path)  # across all splits, also when only one split is read
     if not rows:
         raise ManifestError(f"{path}: no rows left for split {sorted(wanted) if wanted else 'any'}")
     return rows
+
+
+def _check_image(path: str, image_key: str) -> None:
+    """The row's image file reads (header and decode); any failure is a ManifestError naming the field."""
+    try:
+        check_image_file(path, source=f"field '{image_key}'")
+    except (ValueError, FileNotFoundError) as err:
+        raise ManifestError(f"field '{image_key}': {err}") from None
 
 
 def _warn_duplicates(raw_rows: Sequence[Mapping[str, Any]], path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-__all__ = ["clean_report", "extract_sections", "CLEANING_VERSION"]
+__all__ = ["clean_report", "extract_sections", "has_report_text", "CLEANING_VERSION"]
 
 CLEANING_VERSION = "2"  # bump when the output of clean_report changes: it invalidates embedding caches
 
@@ -73,3 +73,15 @@ def clean_report(
     text = re.sub(r"([.,;:])(?:\s*[.,;:])+", r"\1", text)
     text = text.strip(" ,;")
     return text.lower() if lowercase else text
+
+
+def has_report_text(text: str | None) -> bool:
+    """Whether a report holds any words besides section headers and "XXXX" placeholders.
+
+    The one rule for an empty report, shared by every bundle: ``""``, ``"   "``, ``"XXXX XXXX."`` and a header-only
+    ``"FINDINGS: IMPRESSION:"`` are empty; ``"FINDINGS: Normal."`` is not.
+    """
+    if text is None:
+        return False
+    words = _PLACEHOLDER.sub(" ", _SECTION_HEADER.sub(" ", str(text)))
+    return re.search(r"\w", words) is not None

@@ -21,7 +21,7 @@ from monai.transforms import MapTransform
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckCTContentd", "check_ct_content", "check_dicom_series"]
+__all__ = ["CheckCTContentd", "check_ct_content", "check_dicom_series", "check_pixel_data"]
 
 _REEXPORT = "re-export the series, or move each series into its own folder"
 
@@ -30,7 +30,7 @@ def _series_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def _check_pixel_data(ds: pydicom.Dataset) -> None:
+def check_pixel_data(ds: pydicom.Dataset) -> None:
     """Uncompressed: the pixel bytes are all there (cheap); compressed: they decode. Raises on a truncated slice."""
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_compressed:
@@ -46,7 +46,7 @@ def _read_slice(file: Path, folder: Path, source: str) -> pydicom.Dataset:
     """Header and decoded pixels of one slice; any failure names the file."""
     try:
         ds = pydicom.dcmread(str(file))
-        _check_pixel_data(ds)
+        check_pixel_data(ds)
     except Exception as err:  # noqa: BLE001 - pydicom raises many types on corrupt files
         raise ValueError(
             f"DICOM series {folder} ({source}): file {file.name} is not a readable DICOM slice "

@@ -31,7 +31,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from common.data.atomic_io import atomic_path
@@ -185,11 +185,22 @@ def _read_model_pt(path: Path) -> dict[str, Any]:
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
-    """The base-model record of ``path``: the safetensors header, or the ``base_record`` of a ``model.pt``."""
+    """The base-model record of ``path``: the safetensors header, or the ``base_record`` of a ``model.pt``.
+
+    A missing file, or one that is not a readable checkpoint, is an error naming it.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (train first, or set the checkpoint path)")
     if Path(path).suffix == ".pt":
         return dict(_read_model_pt(Path(path)).get(MODEL_PT_RECORD_KEY) or {})
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except SafetensorError as err:
+        raise ValueError(
+            f"checkpoint {path} is not a readable safetensors file ({err}): damaged or cut short; train again, or "
+            "restore it from a copy"
+        ) from None
 
 
 def read_trained_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -49,7 +49,8 @@ class FrozenTextEncoder(FrozenModelIdentity, nn.Module):
         model_config: architecture config used when ``model_path`` is empty (tests, demos).
         tokenizer_path: tokenizer folder; defaults to ``model_path``.
         pooling: ``cls``, ``mean`` or ``last``.
-        max_length: tokens kept per report (longer ones are truncated; the count is logged once per call).
+        max_length: tokens kept per report (``text_max_length``); longer ones are truncated and counted in
+            ``num_truncated`` (the first is logged with its length; extraction logs the total).
         report_sections: keep only these report sections (e.g. ``["findings", "impression"]``); None keeps all.
         lowercase: lower-case reports before tokenising.
     """
@@ -80,6 +81,7 @@ class FrozenTextEncoder(FrozenModelIdentity, nn.Module):
         self.report_sections = list(report_sections) if report_sections else None
         self.lowercase = lowercase
         self.name_or_path = model_path or f"config:{self.model.config.model_type}"
+        self.num_truncated = 0  # reports cut to max_length so far
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the embedding of a given report: part of the cache key."""
@@ -104,6 +106,16 @@ class FrozenTextEncoder(FrozenModelIdentity, nn.Module):
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed cleaned texts; returns (B, D) float32."""
         device = next(self.model.parameters()).device
+        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
+        longer = [n for n in lengths if n > self.max_length]
+        if longer and self.num_truncated == 0:
+            logger.warning(
+                "a report has %d tokens, more than text_max_length=%d: truncated (the count of truncated reports is "
+                "logged after extraction)",
+                longer[0],
+                self.max_length,
+            )
+        self.num_truncated += len(longer)
         tokens = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )

@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.weights.pickle_refusal import pickle_refusal
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -121,10 +123,13 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CLEFTCheckpointError(
-            f"{path} pickles an object outside the allow-list of what Lightning stores beside tensors, so it is not "
-            f"read (no code from a checkpoint is run). Extract its 'state_dict' to safetensors in an environment you "
-            f"trust and load that file instead. torch said: {str(error).splitlines()[0]}"
-        ) from error
+            pickle_refusal(
+                path,
+                error,
+                "It holds something outside the allow-list of what Lightning stores beside tensors: extract its "
+                "'state_dict' to safetensors in an environment you trust and load that file instead.",
+            )
+        ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -11,11 +11,14 @@ missing or unexpected key, or a shape that differs, is an error that lists them 
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from common.weights.pickle_refusal import pickle_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +48,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's text invites weights_only=False: say why we do not
+        raise ValueError(
+            pickle_refusal(
+                path,
+                error,
+                "Save its state dict with torch.save (tensors only) or as safetensors in an environment you trust "
+                "and point pretrained_path at that file.",
+            )
+        ) from None
     if isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], Mapping):

@@ -6,14 +6,15 @@ import json
 import logging
 
 import pytest
+from PIL import Image
 
 from common.data.manifest import ManifestError, assign_patient_splits, load_manifest, write_manifest
 
 
 @pytest.fixture
 def dataset(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"x")
-    (tmp_path / "b.png").write_bytes(b"x")
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")  # a real PNG: images are read up front
+    Image.new("L", (4, 4)).save(tmp_path / "b.png")  # a real PNG: images are read up front
     return tmp_path
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 
 import pytest
+from PIL import Image
 
 from common.data.manifest import ManifestError, load_manifest, rows_of_split, write_manifest
 
 
 @pytest.fixture
 def folder(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"x")
-    (tmp_path / "b.png").write_bytes(b"x")
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")  # a real PNG: images are read up front
+    Image.new("L", (4, 4)).save(tmp_path / "b.png")  # a real PNG: images are read up front
     return tmp_path
 
 

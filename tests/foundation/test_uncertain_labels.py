@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from monai.bundle import ConfigParser
+from PIL import Image
 
 from common.data.manifest import ManifestError, load_manifest, write_manifest
 
@@ -16,7 +17,7 @@ BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 @pytest.fixture
 def manifest(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"x")
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")  # a real PNG: images are read up front
     rows = [
         {"image": "a.png", "report": "r", "Effusion": 1, "Edema": 0, "split": "train"},
         {"image": "a.png", "report": "r", "Effusion": -1, "Edema": 1, "split": "train"},
@@ -53,7 +54,7 @@ def test_ignore_leaves_the_row_out_with_a_warning(manifest, caplog):
 
 @pytest.mark.parametrize("value", [2, 0.5])
 def test_other_values_are_refused_whatever_the_policy(tmp_path, value):
-    (tmp_path / "a.png").write_bytes(b"x")
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")  # a real PNG: images are read up front
     path = write_manifest([{"image": "a.png", "Effusion": value}], tmp_path / "m.csv")
     with pytest.raises(ManifestError, match=rf"row 1: field 'Effusion': label value {value} is not 0 or 1"):
         load_manifest(path, label_columns=["Effusion"], binary_labels=True, uncertain_label_policy="positive")

@@ -61,10 +61,21 @@ def test_empty_or_placeholder_only_report_names_the_row(dataset, report):
         load_report_rows(write_manifest(rows, root / "m.csv"), root)
 
 
-def test_corrupt_image_names_the_file_and_row(dataset):
+def test_corrupt_image_is_found_up_front_naming_the_file_and_row(dataset):
     root, rows = dataset
     rows[0]["image"] = "images/corrupt.png"
-    loaded = load_report_rows(write_manifest(rows, root / "m.csv"), root)
+    manifest = write_manifest(rows, root / "m.csv")
+    with pytest.raises(ManifestError, match=r"row 1: field 'image': .*corrupt\.png is a damaged image file"):
+        load_report_rows(manifest, root)
+    kept = load_report_rows(manifest, root, skip_bad_rows=True)
+    assert [r["id"] for r in kept] == ["1", "2"]
+
+
+def test_corrupt_image_read_by_the_loader_names_the_file_and_row(dataset):
+    root, rows = dataset
+    rows[0]["image"] = "images/corrupt.png"
+    loaded = load_report_rows(write_manifest(rows, root / "m.csv"), root, check_files=False)
+    loaded[0]["image"] = str(root / "images" / "corrupt.png")
     load = Compose([LoadRadiographd("image"), Resized("image", (32, 32)), ScaleIntensityd("image")])
     with pytest.raises(Exception) as info:  # MONAI's Compose wraps the loader's ValueError in a RuntimeError
         load(loaded[0])
@@ -74,6 +85,7 @@ def test_corrupt_image_names_the_file_and_row(dataset):
         error = error.__cause__
     message = " | ".join(chain)
     assert "corrupt.png" in message and "row 1" in message and "could not read image" in message
+    assert "damaged image file" in message  # the file's fault, not MONAI's "install the reader libraries"
 
 
 def test_long_report_is_truncated_and_counted(dataset, word_tokenizer, caplog):

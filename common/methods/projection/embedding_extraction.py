@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from common.data.embedding_cache import EmbeddingCache, NonFiniteEmbeddingError, hash_file_content, hash_text
 from common.data.image_loading import describe_source
+from common.errors import input_error
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,13 @@ def extract_embeddings(
             keys = [None if k in todo else k for k in keys]  # rank 0 skipped these rows as bad
     if bad:
         logger.warning("%s extraction: skipped %d bad row(s) of %d", modality, len(bad), len(rows))
+    if getattr(encoder, "num_truncated", 0):
+        logger.warning(
+            "%s extraction: %d report(s) longer than text_max_length=%s tokens were truncated",
+            modality,
+            encoder.num_truncated,
+            getattr(encoder, "max_length", "?"),
+        )
     kept = [i for i, k in enumerate(keys) if k is not None]
     if not kept:
         raise ValueError(f"no {modality} embedding could be computed: all {len(rows)} rows were bad")
@@ -147,9 +155,12 @@ def _encode_missing(
             try:
                 inputs.append(encoder.prepare(first_row[key]))
                 batch_keys.append(key)
-            except (ValueError, FileNotFoundError) as err:
+            except Exception as err:  # MONAI's Compose wraps the loader's ValueError in a RuntimeError
+                cause = input_error(err)
+                if cause is None:
+                    raise  # not bad input: a bug, shown with its traceback
                 failed.add(key)
-                _handle_bad(BadRowError(str(err)), skip_bad_rows, bad)
+                _handle_bad(BadRowError(str(cause)), skip_bad_rows, bad)
         if batch_keys:
             batch = inputs if modality == "text" else torch.stack(inputs)
             embeddings = encoder(batch).cpu().numpy()
@@ -178,8 +189,8 @@ def build_embedding_table(
 ) -> list[dict[str, Any]]:
     """Image and text embeddings of every row, as dataset items for the projection heads.
 
-    Returns dicts ``{"image_embedding" (D_i,), "text_embedding" (D_t,), "label", "split", "id", "row"}`` for the
-    rows whose image and text could both be embedded.
+    Returns dicts ``{"image_embedding" (D_i,), "text_embedding" (D_t,), "label", "split", "id", "row",
+    "manifest"}`` for the rows whose image and text could both be embedded.
     """
     image_embeddings, image_kept = extract_embeddings(
         image_encoder, rows, "image", cache_dir, batch_size, skip_bad_rows
@@ -202,6 +213,7 @@ def build_embedding_table(
                 "split": row.get("split", ""),
                 "id": str(row.get("id") or Path(str(row.get("image", index))).stem),
                 "row": row.get("row", index + 1),
+                "manifest": str(row.get("manifest", "")),  # names the manifest in split-size errors
             }
         )
     return table

@@ -7,7 +7,6 @@ is an error that names the manifest row (or, with ``skip_bad_rows``, a warning p
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 
 from common.data.manifest import ManifestError, load_manifest
-from common.data.report_cleaning import clean_report
+from common.data.report_cleaning import clean_report, has_report_text
 from common.data.report_tokenization import ReportCollator, build_word_level_tokenizer
 from common.peft.soft_visual_prompt import PromptTemplate
 from common.weights.hf_loading import load_tokenizer
@@ -66,7 +65,7 @@ def load_report_rows(
             kept.append({k: v for k, v in {**row, "id": row_id}.items() if k != "report"})
             continue
         report = clean_report(row["report"], sections=sections, placeholder=placeholder, lowercase=lowercase)
-        if not re.search(r"\w", report):  # nothing but punctuation left, e.g. a report of placeholders
+        if not has_report_text(report):  # the one rule (common.data.report_cleaning), after section selection
             message = (
                 f"{row['manifest']}: row {row['row']}: field 'report' has no words after cleaning "
                 f"(sections {list(sections) if sections else 'all'}): {row['report']!r}"
