@@ -4,8 +4,8 @@ Without this check such a run ends "successfully" while ``models/`` still holds 
 (the demo's), which the next evaluate or inference would load. :class:`TrainingOutcomeCheck` is a handler of the
 trainer (it stands in a MONAI ``train_handlers`` list):
 
-- at ``STARTED``: the train loader must yield at least one batch; ``drop_last`` with fewer rows than
-  ``batch_size`` yields none, and the error names the split's size, the batch size and what to change;
+- when attached (before any training): the train loader must yield at least one batch; ``drop_last`` with
+  fewer rows than ``batch_size`` yields none, and the error names the split's size, the batch size and what to do;
 - at ``COMPLETED``: at least one iteration ran, and, where a ``validator`` and ``key_metric`` are given, at least
   one validation produced a finite key metric (a NaN score is never "best", so no best checkpoint of this run
   exists); the error names the metric, its values and the checkpoint folder left as it was.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from ignite.engine import Engine, Events
 
@@ -52,13 +53,16 @@ class TrainingOutcomeCheck:
         self.scores: list[float] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.check_batches)
+        """Check the train loader now (MONAI's ``Workflow.run`` returns without a word on an empty one, so no
+        event would fire), then at ``COMPLETED`` check the outcome."""
+        if getattr(engine, "data_loader", None) is not None:
+            self.check_batches(engine.data_loader)
         engine.add_event_handler(Events.COMPLETED, self.check_outcome)
         if self.validator is not None:
             self.validator.add_event_handler(Events.COMPLETED, self.record_score)
 
-    def check_batches(self, engine: Engine) -> None:
-        loader = engine.state.dataloader
+    def check_batches(self, loader: Any) -> None:
+        """Raise :class:`TrainingOutcomeError` when ``loader`` (a DataLoader) yields no batch."""
         try:
             batches = len(loader)
         except TypeError:  # an iterable without a length: the COMPLETED check still applies
