@@ -21,6 +21,7 @@ import logging
 import math
 from typing import Any
 
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
 logger = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ class TrainingOutcomeCheck:
         where = f" ({self.ckpt_dir} is left as it was: an earlier run's checkpoint there is not this run's)"
         if engine.state.iteration == 0:
             raise TrainingOutcomeError(f"training ran 0 iterations on the {self.split} split{where}")
-        if self.validator is None or not self.key_metric:
-            return
+        if self.validator is None or idist.get_rank() > 0:
+            return  # some writers score on rank 0 only; rank 0, the one that writes checkpoints, decides
         if not self.scores:
             logger.warning("no validation ran during training (check val_interval): no best checkpoint was chosen")
             return
