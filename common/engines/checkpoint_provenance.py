@@ -113,7 +113,8 @@ def checked_checkpoint(
     """Log which checkpoint is loaded and refuse one trained on other data; returns ``path`` (for config chaining).
 
     Args:
-        path: a safetensors checkpoint or a checkpoint/adapter folder written by our save handler.
+        path: a safetensors checkpoint or a checkpoint/adapter folder written by our save handler; empty (no
+            checkpoint, the loader keeps the base model) is returned as is.
         training_rows: the train-split rows of the manifest given now (None: nothing to compare, e.g. inference).
         allow_other_run_weights: load weights trained on other data anyway (the config knob of that name).
 
@@ -121,6 +122,8 @@ def checked_checkpoint(
         FileNotFoundError: no checkpoint at ``path``.
         ValueError: the checkpoint's training data differ from ``training_rows`` and the knob is off.
     """
+    if not str(path or ""):
+        return ""  # no checkpoint: the loader uses the base model (e.g. ctclip's --adapter_dir "")
     if not Path(path).exists():
         raise FileNotFoundError(f"checkpoint not found: {path} (train first, or set the checkpoint path)")
     record = read_record(path)

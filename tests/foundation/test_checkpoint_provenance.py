@@ -67,6 +67,7 @@ def test_a_test_only_manifest_or_no_rows_is_not_compared(tmp_path):
     path, _ = _checkpoint(tmp_path, _rows("/data/a", ["x"]))
     assert checked_checkpoint(path, []) == path  # evaluating on a test-only manifest is legitimate
     assert checked_checkpoint(path) == path  # inference: nothing to compare
+    assert checked_checkpoint("", _rows("/data/a", ["x"])) == ""  # no checkpoint: the base model is evaluated
 
 
 def test_a_checkpoint_without_a_data_record_is_refused(tmp_path):
