@@ -19,7 +19,14 @@ from common.peft.soft_visual_prompt import PromptTemplate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IGNORE_INDEX", "ReportCollator", "build_word_level_tokenizer"]
+__all__ = [
+    "IGNORE_INDEX",
+    "MAX_UNKNOWN_TOKEN_RATE",
+    "ReportCollator",
+    "build_word_level_tokenizer",
+    "unknown_token_rate",
+    "warn_unknown_tokens",
+]
 
 IGNORE_INDEX = -100
 
@@ -49,6 +56,40 @@ def build_word_level_tokenizer(texts: Iterable[str], save_dir: str | Path | None
     if save_dir is not None:
         tokenizer.save_pretrained(str(save_dir))
     return tokenizer
+
+
+MAX_UNKNOWN_TOKEN_RATE = 0.05  # above this share of <unk> tokens, a tokenizer does not fit the reports
+
+
+def unknown_token_rate(tokenizer, texts: Sequence[str]) -> float:
+    """The share of ``tokenizer.unk_token_id`` among the tokens of ``texts`` (0 for a tokenizer without one)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not texts:
+        return 0.0
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    total = sum(len(seq) for seq in ids)
+    return sum(seq.count(unk) for seq in ids) / total if total else 0.0
+
+
+def warn_unknown_tokens(
+    tokenizer, texts: Sequence[str], max_rate: float = MAX_UNKNOWN_TOKEN_RATE, what: str = "the reports"
+) -> float:
+    """Warn when over ``max_rate`` of the tokens of ``texts`` are unknown (``<unk>``); returns the rate."""
+    rate = unknown_token_rate(tokenizer, texts)
+    if rate > max_rate:
+        logger.warning(
+            "%.1f%% of the tokens of %s (%d texts) are unknown to the tokenizer (%s, %d words): over the %.1f%% "
+            "threshold, the model learns '%s' for them; use the LLM's own tokenizer (tokenizer_path) or build one "
+            "from these reports",
+            100 * rate,
+            what,
+            len(texts),
+            getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+            len(tokenizer),
+            100 * max_rate,
+            tokenizer.unk_token,
+        )
+    return rate
 
 
 class ReportCollator:

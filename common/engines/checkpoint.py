@@ -133,7 +133,16 @@ class EngineCheckpoint(Checkpoint):
         self.every = max(int(every), 1)
 
     def __call__(self, engine: Engine, *args: Any, **kwargs: Any) -> None:
-        """Tell the save handler the epoch and the score's sign (for its record), then run Ignite's Checkpoint."""
+        """Tell the save handler the epoch and the score's sign (for its record), then run Ignite's Checkpoint;
+        a non-finite score writes nothing (Ignite would write the first one whatever it is)."""
+        if self.score_function is not None and not math.isfinite(self.score_function(engine)):
+            if idist.get_rank() == 0:
+                logger.warning(
+                    "epoch %s: the validation score %s is not finite (NaN): no checkpoint written for it",
+                    engine.state.epoch,
+                    self.score_name or "",
+                )
+            return  # a NaN-scored model is never the best; TrainingOutcomeCheck fails a run that scored none
         context = getattr(self.save_handler, "context", None)
         if isinstance(context, dict):
             context.update(epoch=engine.state.epoch, score_sign=getattr(self.score_function, "sign", 1.0))

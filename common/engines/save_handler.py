@@ -5,7 +5,8 @@
 the file name Ignite gives it:
 
 - ``*.safetensors``: the state dict (of :class:`~common.engines.checkpoint.TrainedWeights`) with the base-model
-  record (:func:`common.weights.fingerprint.base_record`) and the score in the header.
+  record (:func:`common.weights.fingerprint.base_record`), the run id, the training data's record
+  (:mod:`common.engines.checkpoint_provenance`), the epoch and the score in the header.
 - any other name: a folder, written beside the old one and swapped in (``common.data.atomic_io``). Each object of
   ``to_save`` that is a PEFT model is written with its own ``save_pretrained`` (``adapter_config.json`` with
   ``base_model_name_or_path`` set, ``adapter_model.safetensors``), in a sub-folder named by its ``to_save`` key,
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from peft import get_peft_model_state_dict
 
 from common.data.atomic_io import atomic_directory, clean_interrupted_writes
 from common.engines.checkpoint import save_model_pt, save_safetensors, unwrap
+from common.engines.checkpoint_provenance import RUN_KEY, new_run_id, training_data_record
 from common.weights.fingerprint import BASE_NAME_KEY, base_fingerprint, base_record, check_base_record
 
 logger = logging.getLogger(__name__)
@@ -115,6 +117,9 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
         save_on_rank: the rank that writes (Ignite's convention; 0).
         model_pt: the file or folder name (as Ignite gives it) whose state is also written as ``<dirname>/model.pt``
             (a folder's objects flattened, ``<key>.<name>``); empty: none.
+        training_rows: the rows of the train split; their manifest, count and fingerprint go into the record
+            (:func:`common.engines.checkpoint_provenance.training_data_record`), with a ``run_id`` of this run, so
+            evaluate and inference can say which run's weights they load and refuse another data set's.
     """
 
     def __init__(
@@ -126,9 +131,15 @@ class TrainedWeightsSaveHandler(BaseSaveHandler):
         to_save: Mapping[str, Any] | None = None,
         save_on_rank: int = 0,
         model_pt: str = "",
+        training_rows: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         self.dirname = Path(dirname)
-        self.record = {**dict(record or {}), **base_record(base_fingerprint, base_model_name_or_path)}
+        self.record = {
+            **dict(record or {}),
+            **base_record(base_fingerprint, base_model_name_or_path),
+            **training_data_record(training_rows),
+            RUN_KEY: new_run_id(),
+        }
         self.to_save = dict(to_save or {})
         self.save_on_rank = save_on_rank
         self.model_pt = model_pt

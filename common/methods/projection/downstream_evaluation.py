@@ -27,6 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from common.data.atomic_io import atomic_path, write_json_atomic
+from common.data.split_sizes import require_both_classes, require_rows
 from common.engines.checkpoint import unwrap
 from common.metrics.classification import classification_metrics
 from common.metrics.embedding_quality import pair_auroc
@@ -83,10 +84,11 @@ def evaluate_projection(
     and ``downstream.png`` to ``output_dir``. Returns the metrics dict."""
     train = [r for r in table if r["split"] == train_split]
     test = [r for r in table if r["split"] == test_split]
-    if not train or not test:
-        raise ValueError(
-            f"evaluation needs rows in both the '{train_split}' ({len(train)}) and '{test_split}' ({len(test)}) splits"
-        )
+    # minimum sizes, before any work (scikit-learn's errors on a 2-row split name no split)
+    require_rows(train, train_split, 2, "the PCA and linear probe fitted on it")
+    require_both_classes(train, train_split, ["label"], "the linear probe (logistic regression)")
+    require_rows(test, test_split, max(2, *retrieval_ks), f"retrieval R@{max(retrieval_ks)} (retrieval_ks)")
+    require_both_classes(test, test_split, ["label"], "the classification AUROC")
     train_y = np.array([int(r["label"]) for r in train])
     test_y = np.array([int(r["label"]) for r in test])
     num_classes = int(max(train_y.max(), test_y.max())) + 1

@@ -6,6 +6,7 @@ is an error that names the manifest row (or, with ``skip_bad_rows``, a warning p
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,13 +14,22 @@ from typing import Any
 
 import torch
 
+from common.data.atomic_io import write_json_atomic
 from common.data.manifest import ManifestError, load_manifest
 from common.data.report_cleaning import clean_report, has_report_text
-from common.data.report_tokenization import ReportCollator, build_word_level_tokenizer
+from common.data.report_tokenization import (
+    MAX_UNKNOWN_TOKEN_RATE,
+    ReportCollator,
+    build_word_level_tokenizer,
+    warn_unknown_tokens,
+)
+from common.engines.checkpoint_provenance import DATA_KEY, training_data_record
 from common.peft.soft_visual_prompt import PromptTemplate
 from common.weights.hf_loading import load_tokenizer
 
 logger = logging.getLogger(__name__)
+
+TOKENIZER_RECORD = "built_from.json"  # beside a built tokenizer: the record of the rows it was built from
 
 __all__ = ["count_visual_tokens", "load_or_build_tokenizer", "load_report_rows", "make_collators"]
 
@@ -87,25 +97,65 @@ def load_or_build_tokenizer(
     tokenizer_path: str | Path | None,
     demo_rows: Sequence[dict[str, Any]] | None = None,
     save_dir: str | Path | None = None,
+    allow_other_run_weights: bool = False,
+    max_unknown_rate: float = MAX_UNKNOWN_TOKEN_RATE,
 ):
     """The LLM's tokenizer from a local folder; without one, a word-level tokenizer trained on ``demo_rows`` reports.
 
-    The built tokenizer is saved to ``save_dir`` and reloaded from there on later runs, so training, evaluation and
-    inference of the demo share one vocabulary.
+    The built tokenizer is saved to ``save_dir`` (the run's checkpoint folder) with ``built_from.json``, the record
+    of the rows it was built from (:func:`common.engines.checkpoint_provenance.training_data_record`), and reloaded
+    from there on later runs, so training, evaluation and inference of one run share one vocabulary. A stored
+    tokenizer built from other rows than ``demo_rows`` (the demo's, on real reports) is refused unless
+    ``allow_other_run_weights``: its vocabulary is another data set's, and the checkpoints beside it were trained
+    with it. Whatever the tokenizer, the rate of ``<unk>`` tokens in ``demo_rows`` over ``max_unknown_rate`` is a
+    warning with the figure.
+
+    Raises:
+        ValueError: the stored tokenizer was built from other rows (the message names both and what to do).
     """
+    record_file = Path(save_dir) / TOKENIZER_RECORD if save_dir is not None else None
     if tokenizer_path:
         tokenizer = load_tokenizer(tokenizer_path, key="tokenizer_path")
     elif save_dir is not None and (Path(save_dir) / "tokenizer.json").is_file():
+        _check_stored_tokenizer(Path(save_dir), demo_rows, allow_other_run_weights)
         tokenizer = load_tokenizer(save_dir, key="tokenizer_path")
     elif demo_rows:
         tokenizer = build_word_level_tokenizer(
             [r["report"] for r in demo_rows] + ["findings of the chest x-ray :"], save_dir
         )
+        if record_file is not None:
+            write_json_atomic(training_data_record(demo_rows), record_file)
     else:
         raise ValueError("tokenizer_path is empty and there are no reports to build a demo tokenizer from")
     if tokenizer.pad_token_id is None:  # Llama tokenizers have no pad token; pad with EOS, masked from the loss
         tokenizer.pad_token = tokenizer.eos_token
+    if demo_rows:
+        warn_unknown_tokens(tokenizer, [r["report"] for r in demo_rows], max_unknown_rate, "the train reports")
     return tokenizer
+
+
+def _check_stored_tokenizer(folder: Path, rows: Sequence[dict[str, Any]] | None, allow: bool) -> None:
+    recorded = json.loads((folder / TOKENIZER_RECORD).read_text()) if (folder / TOKENIZER_RECORD).is_file() else {}
+    where = (
+        f"built from {recorded.get('training_manifest')} ({recorded.get('training_rows')} train rows)"
+        if recorded
+        else "with no record of the reports it was built from"
+    )
+    if not rows:  # inference: no reports to compare with
+        logger.info("tokenizer %s: %s", folder, where)
+        return
+    current = training_data_record(rows)
+    if recorded.get(DATA_KEY) == current[DATA_KEY]:
+        return
+    message = (
+        f"the tokenizer stored in {folder} was {where}, but the train split given now is "
+        f"{current['training_manifest']} ({current['training_rows']} rows): its vocabulary is another data set's. "
+        "Use a new bundle_root (or ckpt_dir) for this data set, set tokenizer_path to your LLM's tokenizer, or "
+        f"delete {folder} to build one from these reports (the checkpoints beside it were trained with the old one)"
+    )
+    if not allow:
+        raise ValueError(message)
+    logger.warning("%s; allow_other_run_weights is set: using it", message.split(". Use a new")[0])
 
 
 @torch.no_grad()
