@@ -4,12 +4,12 @@ MONAI Label environment's older versions allowed by ``pyproject.toml``."""
 from __future__ import annotations
 
 import sys
+import tomllib  # Python 3.11+, as set-up and CI use
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+ (CI and set-up use 3.11)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

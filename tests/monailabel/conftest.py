@@ -17,17 +17,13 @@ def _in_ci() -> bool:
 
 
 @pytest.fixture(scope="session")
-def monailabel_bin() -> Path:
+def monailabel_bin(require_fixture) -> Path:
     """``.venv-monailabel/bin/monailabel``, set up by ``scripts/setup.sh`` (it calls ``scripts/setup_monailabel.sh``).
     In CI a missing environment is set up here, and fails the test if that fails; locally it is skipped."""
     exe = VENV / "bin" / "monailabel"
     if not (VENV / ".setup-done").is_file() and _in_ci():
         subprocess.run(["bash", str(REPO_ROOT / "scripts" / "setup_monailabel.sh")], check=False, timeout=3000)
-    if not (VENV / ".setup-done").is_file():
-        message = f"{VENV} is not set up: run bash scripts/setup_monailabel.sh"
-        if _in_ci():
-            pytest.fail(f"CI=true: {message}", pytrace=False)
-        pytest.skip(message)
+    require_fixture(VENV / ".setup-done", "the MONAI Label environment (run bash scripts/setup_monailabel.sh)")
     return exe
 
 
