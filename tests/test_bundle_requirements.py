@@ -16,8 +16,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from package_bundle import install_line, pin_problems, read_pins  # noqa: E402
 
 BUNDLES = sorted(p.parent.parent.name for p in ROOT.glob("bundles/*/configs/metadata.json"))
-# what issue 10's MONAI Label environment has (monailabel 0.8.5 pins numpy<2, jsonschema<4); common installs there
-MONAI_LABEL_ENV = {"numpy": "1.26.4", "jsonschema": "3.2.0"}
+# what the MONAI Label environment has (monailabel 0.8.5 pins numpy<2, jsonschema<4, pydicom<2.5); common installs there
+MONAI_LABEL_ENV = {"numpy": "1.26.4", "jsonschema": "3.2.0", "pydicom": "2.4.5"}
 
 
 @pytest.mark.parametrize("name", BUNDLES)
