@@ -1,4 +1,5 @@
-"""Zero-shot over a folder encodes the prompts once per evaluator run, however many volumes and class names."""
+"""Zero-shot over a folder tokenises the prompts once and encodes them once per evaluator run, however many volumes
+and class names."""
 
 from __future__ import annotations
 
@@ -35,7 +36,14 @@ def test_prompts_encoded_once_per_run_for_1000_class_names():
         return encode_text(input_ids, attention_mask)
 
     model.encode_text = counting
-    prepare = CTCLIPPrepareBatch(IdTokenizer(), "prompt_pair", names, require_labels=False)
+    tokenized = []
+
+    class Counting(IdTokenizer):
+        def __call__(self, texts, **kwargs):
+            tokenized.append(len(texts))
+            return super().__call__(texts, **kwargs)
+
+    prepare = CTCLIPPrepareBatch(Counting(), "prompt_pair", names, require_labels=False)
     volumes = [{"image": torch.rand(1, 8, 16, 16, generator=torch.Generator().manual_seed(i))} for i in range(5)]
     loader = torch.utils.data.DataLoader(volumes, batch_size=1)
     iteration = ZeroShotIteration(prepare, names)
@@ -44,5 +52,6 @@ def test_prompts_encoded_once_per_run_for_1000_class_names():
     first = evaluator.state.output["pred"]
     evaluator.run()  # a second run (the next validation round) encodes them again, once
     assert prompt_rows == [2000, 2000]
+    assert tokenized == [2000]  # tokenised once, not per batch (the per-volume cost grew with the class names)
     assert first.shape == (1, 1000)
     torch.testing.assert_close(evaluator.state.output["pred"], first)
