@@ -15,6 +15,7 @@ import torch
 
 from common.data.ct_preprocessing import ct_clip_transforms
 from common.data.volume_cache import VolumeCacheDataset
+from common.data.volume_encoding import decode_array, encode_array
 
 REAL_CT = ("ct", "totalseg_chest_cta", "ct_cropped.nii.gz")
 
@@ -45,15 +46,24 @@ def test_integer_hu_on_the_grid_is_int16_and_bit_exact(tmp_path):
     assert stored.dtype == np.int16 and stored.min() >= -1000 and stored.max() <= 1000
 
 
-def test_resampled_volume_is_float16_within_its_rounding(tmp_path):
+def test_resampled_volume_is_int16_in_fractions_of_a_hu(tmp_path):
     row = {"image": _volume(tmp_path / "a.nii.gz", spacing=2.0)}  # resampled: HU between the integers
     fresh = _pipeline()(dict(row))["image"].as_tensor()
     cached = VolumeCacheDataset([row], _pipeline(), tmp_path / "cache")[0]["image"]
     entry, info = _entry(tmp_path / "cache")
-    assert info["dtype"] == "float16" and info["hu_grid"] is None
+    assert (info["dtype"], info["steps_per_hu"]) == ("int16", 32)
     assert not torch.equal(cached, fresh)
-    torch.testing.assert_close(cached, fresh, rtol=0, atol=2.5e-4)  # float16 on [-1, 1]: <= 2**-12
+    torch.testing.assert_close(cached, fresh, rtol=0, atol=1.6e-5)  # 1/64 HU on the [-1, 1] scale
+    assert info["max_abs_error"] == float((cached - fresh).abs().max()) > 0
     assert (entry / "image.npy").stat().st_size < fresh.numel() * 2 + 256
+
+
+def test_float16_without_a_hu_grid():
+    values = torch.linspace(-3.0, 3.0, 1000)
+    stored, info = encode_array(values, grid=None)
+    assert stored.dtype == np.float16 and info["hu_grid"] is None
+    decoded = decode_array(stored, info)
+    assert decoded.dtype == torch.float32 and float((decoded - values).abs().max()) == info["max_abs_error"] <= 2e-3
 
 
 def test_killed_build_leaves_nothing_readable_and_resumes(tmp_path):
@@ -123,11 +133,11 @@ def _tiny_ctclip():
     return CTCLIP.from_config(ctvit_config=ctvit, bert_config=bert, dim_latent=32, init_seed=0).eval()
 
 
-@pytest.mark.parametrize(("pixdim", "stored"), [((2.25, 2.25, 4.5), "float16"), ((3.0, 3.0, 3.0), "int16")])
+@pytest.mark.parametrize(("pixdim", "steps_per_hu"), [((2.1, 2.1, 4.2), 32), ((3.0, 3.0, 3.0), 1)])
 def test_real_ct_latents_and_zero_shot_from_cache_match_fresh(
-    tmp_path, pixdim, stored, shared_data_dir, require_fixture
+    tmp_path, pixdim, steps_per_hu, shared_data_dir, require_fixture
 ):
-    """1.5 mm -> 3 mm samples the original voxels (integer HU: int16, exact); 2.25 mm interpolates (float16)."""
+    """1.5 mm -> 3 mm samples the original voxels (integer HU: exact); 2.1 mm interpolates (1/32-HU steps)."""
     from common.methods.ctclip.model import zero_shot_probabilities
     from common.metrics.zero_shot import CT_RATE_PATHOLOGIES
 
@@ -135,13 +145,14 @@ def test_real_ct_latents_and_zero_shot_from_cache_match_fresh(
     pipe = ct_clip_transforms(pixdim=pixdim, spatial_size=(64, 64, 32))
     fresh = pipe({"image": str(ct)})["image"].as_tensor()[None]
     cached = VolumeCacheDataset([{"image": str(ct)}], pipe, tmp_path / "cache")[0]["image"][None]
-    assert _entry(tmp_path / "cache")[1]["dtype"] == stored
-    assert torch.equal(cached, fresh) == (stored == "int16")  # float16 is not a copy of the float32 volume
+    info = _entry(tmp_path / "cache")[1]
+    assert (info["dtype"], info["steps_per_hu"]) == ("int16", steps_per_hu)
+    assert torch.equal(cached, fresh) == (steps_per_hu == 1)  # interpolated HU are rounded to 1/32 HU
     model = _tiny_ctclip()
     generator = torch.Generator().manual_seed(0)
     prompts = torch.nn.functional.normalize(torch.randn(2 * len(CT_RATE_PATHOLOGIES), 32, generator=generator), dim=-1)
     with torch.no_grad():
         latents = model.encode_volume(torch.cat([fresh, cached]))
         probs = zero_shot_probabilities(latents, prompts, torch.tensor(100.0))  # a sharp scale: CT-CLIP's learnt one
-    torch.testing.assert_close(latents[1], latents[0], rtol=0, atol=1e-3)
+    torch.testing.assert_close(latents[1], latents[0], rtol=0, atol=1e-4)
     assert (probs[1] - probs[0]).abs().max() <= 1e-4
