@@ -46,11 +46,11 @@ def summarise(results: Path, device: str, extra: str = "") -> dict:
         used.append(f"{key} from {name}")
     summary["device"] = device
     summary["measured"] = datetime.date.today().isoformat()
+    absent = [k for k in [*SOURCES, *NOT_MEASURED] if k not in summary]
     summary["note"] = (
         "; ".join(used)
-        + ". Absent (not measured by any benchmark yet): "
-        + ", ".join(k for k in [*SOURCES, *NOT_MEASURED] if k not in summary)
         + "."
+        + (f" Absent (not measured by any benchmark yet): {', '.join(absent)}." if absent else "")
         + (f" {extra}" if extra else "")
     )
     return summary
