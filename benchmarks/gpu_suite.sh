@@ -28,11 +28,13 @@ if [ "$tiny" = 1 ]; then
   ct=(--dim 32 --text_dim 64 --text_layers 1)
   zero_shot=(--num_volumes 1 --image_size 32 --depth 8 --patch_size 8 --temporal_patch_size 4)
   lora=(--batch_size 2 --image_size 40 --depth 20)  # its patches are fixed at 20 x 20 x 10
+  volume_cache=(--tiny --loader_workers 0 --read_repeats 2)
 else
   size=()
   ct=()
   zero_shot=()
   lora=()
+  volume_cache=(--sizes 1 2 4)
 fi
 run() {
   echo "== $*" >&2
@@ -46,4 +48,6 @@ run benchmarks/cleft_gradient_cache.py "${size[@]}" --out "$out"
 run benchmarks/cleft_parameters.py --out "$out"
 run benchmarks/ctclip_zero_shot_speed.py "${ct[@]}" "${zero_shot[@]}" --out "$out/ctclip_zero_shot_speed"
 run benchmarks/ctclip_lora_memory.py "${ct[@]}" "${lora[@]}" "${bf16[@]}" --out "$out/ctclip_lora_memory"
+run benchmarks/ctclip_volume_cache.py "${volume_cache[@]}" --out "$out/ctclip_volume_cache"
+run benchmarks/ctclip_zero_shot_scaling.py "${size[@]}" --out "$out/ctclip_zero_shot_scaling"
 echo "results in $out" >&2

@@ -23,8 +23,13 @@ SOURCES = {
     "generation_batched_speedup": ("report_gen_benchmark.json", ["generation", "generation_batched_speedup"]),
     "kv_cache_speedup_128_tokens": ("report_gen_benchmark.json", ["generation", "kv_cache_speedup_128_tokens"]),
     "ct_zero_shot_speedup_vs_official": ("ctclip_zero_shot_speed.json", ["speedup"]),
+    "ct_cache_read_vs_plain_read": ("ctclip_volume_cache.json", ["ct_cache_read_vs_plain_read"]),
+    "ct_zero_shot_cost_ratio_1000_vs_18_classes": (
+        "ctclip_zero_shot_scaling.json",
+        ["ct_zero_shot_cost_ratio_1000_vs_18_classes"],
+    ),
 }
-NOT_MEASURED = ["ct_cache_read_vs_plain_read", "ct_zero_shot_cost_ratio_1000_vs_18_classes"]
+NOT_MEASURED: list[str] = []
 
 
 def summarise(results: Path, device: str, extra: str = "") -> dict:
@@ -41,11 +46,11 @@ def summarise(results: Path, device: str, extra: str = "") -> dict:
         used.append(f"{key} from {name}")
     summary["device"] = device
     summary["measured"] = datetime.date.today().isoformat()
+    absent = [k for k in [*SOURCES, *NOT_MEASURED] if k not in summary]
     summary["note"] = (
         "; ".join(used)
-        + ". Absent (not measured by any benchmark yet): "
-        + ", ".join(k for k in [*SOURCES, *NOT_MEASURED] if k not in summary)
         + "."
+        + (f" Absent (not measured by any benchmark yet): {', '.join(absent)}." if absent else "")
         + (f" {extra}" if extra else "")
     )
     return summary

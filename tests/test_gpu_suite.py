@@ -32,6 +32,8 @@ def test_gpu_suite_runs_tiny_on_cpu(tmp_path):
         "cleft_parameters",
         "ctclip_zero_shot_speed",
         "ctclip_lora_memory",
+        "ctclip_volume_cache",
+        "ctclip_zero_shot_scaling",
     ]
     for name in names:
         assert json.loads((tmp_path / f"{name}.json").read_text()), name

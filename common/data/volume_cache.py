@@ -6,19 +6,38 @@ seven times, and changing ``hu_range`` returns the old volumes. :class:`VolumeCa
 caching and changes only the key: a fingerprint of each cached key's file (resolved path, size, modification
 time; every file of a DICOM folder) plus a fingerprint of the deterministic transforms' settings. The fields of
 the current row (labels, report, row number) always come from the row, never from the cached file.
+
+Storage (one entry = one folder ``<key>/`` swapped in whole by :func:`~common.data.atomic_io.atomic_directory`, so a
+kill mid-build leaves only a hidden ``.<key>.tmp-*`` folder that is never read as an entry; the build resumes at
+the first missing entry): each cached array is a ``.npy`` file read back memory-mapped
+(:mod:`common.data.volume_encoding`: int16 on the HU grid when that reproduces the float32 volume exactly, else
+float16), the rest of the transformed item is a small ``item.pt`` (loaded with ``weights_only``), and ``entry.json``
+describes it. :meth:`VolumeCacheDataset.build` fills the cache in DataLoader workers with a progress bar.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.data import PersistentDataset
+from monai.data import MetaTensor, PersistentDataset
+from monai.utils import convert_to_tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from common.data.atomic_io import atomic_directory, write_json_atomic
+from common.data.volume_encoding import decode_array, encode_array, find_hu_grid
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["VolumeCacheDataset", "file_fingerprint", "transform_fingerprint"]
 
@@ -67,7 +86,7 @@ def transform_fingerprint(transforms: Sequence[Callable]) -> bytes:
 
 
 class VolumeCacheDataset(PersistentDataset):
-    """``PersistentDataset`` keyed by the files of ``cached_keys`` and the preprocessing settings.
+    """``PersistentDataset`` keyed by the files of ``cached_keys`` and the preprocessing settings, stored compactly.
 
     Args:
         data: manifest rows (dicts with the ``cached_keys`` paths).
@@ -76,7 +95,14 @@ class VolumeCacheDataset(PersistentDataset):
         cached_keys: the fields whose files are preprocessed and cached; every other field of a row is taken
             from the row on each read.
         **kwargs: passed to ``PersistentDataset``.
+
+    Each cached volume comes back as a fresh tensor of the dtype the transform produced (float32 for CT-CLIP's
+    ``(1, 240, 480, 480)``), decoded from the memory-mapped int16/float16 file; the first read of a row (the one
+    that builds the entry) returns the same decoded values as every later read.
     """
+
+    ENTRY_FILE = "entry.json"
+    REST_FILE = "item.pt"
 
     def __init__(
         self,
@@ -94,7 +120,109 @@ class VolumeCacheDataset(PersistentDataset):
         fingerprint = {key: file_fingerprint(item[key]) for key in self.cached_keys}
         return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode("utf-8")).hexdigest().encode("utf-8")
 
+    def entry_path(self, item: Mapping) -> Path:
+        """The entry folder of a row (``cache_dir/<file key><transform key>``)."""
+        if self.cache_dir is None:
+            raise ValueError("VolumeCacheDataset: cache_dir is None, so there are no cache entries")
+        return self.cache_dir / (self._key(item).decode("utf-8") + self.transform_hash)
+
     def _cachecheck(self, item_transformed: Mapping) -> dict:
-        cached = super()._cachecheck(item_transformed)
         row = {k: v for k, v in item_transformed.items() if k not in self.cached_keys}
+        if self.cache_dir is None:
+            return self._pre_transform(deepcopy(item_transformed))
+        entry = self.entry_path(item_transformed)
+        cached = self._read_or_build(entry, item_transformed)
         return {**cached, **row}  # labels, report and row number are the current row's, not the cached file's
+
+    def _read_or_build(self, entry: Path, item: Mapping) -> dict:
+        if (entry / self.ENTRY_FILE).is_file():
+            try:
+                return self.read_entry(entry)
+            except (OSError, ValueError, EOFError, RuntimeError) as err:
+                logger.warning("unreadable cache entry %s (%s): removed and rebuilt", entry, err)
+                shutil.rmtree(entry, ignore_errors=True)
+        self.write_entry(entry, self._pre_transform(deepcopy(item)))
+        return self.read_entry(entry)
+
+    def write_entry(self, entry: Path, transformed: Mapping) -> None:
+        """Write one entry folder atomically: ``<key>.npy`` per cached key, ``item.pt``, ``entry.json`` last."""
+        arrays, description = {}, {}
+        rest = {k: v for k, v in transformed.items() if k not in self.cached_keys}
+        for key in self.cached_keys:
+            value = transformed[key]
+            tensor = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+            stored, info = encode_array(tensor, find_hu_grid(self.transform, key))
+            arrays[key], description[key] = stored, {**info, "file": f"{key}.npy"}
+            if self.track_meta and isinstance(value, MetaTensor):
+                rest[f"__meta__{key}"] = dict(value.meta)
+        try:
+            with atomic_directory(entry) as tmp:
+                for key, stored in arrays.items():
+                    np.save(tmp / description[key]["file"], stored, allow_pickle=False)
+                torch.save(convert_to_tensor(rest, convert_numeric=False, track_meta=False), tmp / self.REST_FILE)
+                write_json_atomic({"format": 1, "arrays": description}, tmp / self.ENTRY_FILE)
+        except OSError:
+            if not (entry / self.ENTRY_FILE).is_file():  # another worker swapped in the same entry first: use it
+                raise
+
+    def read_entry(self, entry: Path) -> dict:
+        """The transformed item of one entry: arrays decoded from memory-mapped ``.npy`` files."""
+        description = json.loads((entry / self.ENTRY_FILE).read_text())
+        item = torch.load(entry / self.REST_FILE, weights_only=self.weights_only)
+        for key, info in description["arrays"].items():
+            stored = np.load(entry / info["file"], mmap_mode="c", allow_pickle=False)
+            value = decode_array(stored, info)
+            meta = item.pop(f"__meta__{key}", None)
+            item[key] = MetaTensor(value, meta=meta) if self.track_meta and meta is not None else value
+        return item
+
+    def build(self, num_workers: int = 0, progress: bool = True, stale_seconds: float = 3600.0) -> dict:
+        """Preprocess every row not yet cached, each distinct file once, in ``num_workers`` DataLoader workers.
+
+        Resumable: entries already there are kept, a build killed half way restarts at the missing ones; hidden
+        ``.<key>.tmp-*`` folders older than ``stale_seconds`` (left by a killed build) are removed.
+
+        Returns:
+            ``{"rows", "entries", "built", "cached", "seconds", "removed_partial"}``.
+        """
+        if self.cache_dir is None:
+            raise ValueError("VolumeCacheDataset.build: cache_dir is None; set cache_dir to build a cache")
+        start = time.perf_counter()
+        removed = 0
+        for partial in self.cache_dir.glob(".*.tmp-*"):
+            if partial.is_dir() and time.time() - partial.stat().st_mtime > stale_seconds:
+                shutil.rmtree(partial, ignore_errors=True)
+                removed += 1
+        unique: dict[Path, Mapping] = {}
+        for row in self.data:
+            unique.setdefault(self.entry_path(row), row)
+        todo = [(entry, row) for entry, row in unique.items() if not (entry / self.ENTRY_FILE).is_file()]
+        loader = DataLoader(_BuildJobs(self, todo), batch_size=None, num_workers=num_workers)
+        for _ in tqdm(loader, total=len(todo), desc="building volume cache", disable=not progress, unit="vol"):
+            pass
+        summary = {
+            "rows": len(self.data),
+            "entries": len(unique),
+            "built": len(todo),
+            "cached": len(unique) - len(todo),
+            "seconds": time.perf_counter() - start,
+            "removed_partial": removed,
+        }
+        logger.info("volume cache %s: %s", self.cache_dir, summary)
+        return summary
+
+
+class _BuildJobs(Dataset):
+    """One job per missing entry; a worker builds it and returns only its name (no volume crosses processes)."""
+
+    def __init__(self, dataset: VolumeCacheDataset, todo: Sequence[tuple[Path, Mapping]]) -> None:
+        self.dataset, self.todo = dataset, list(todo)
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, index: int) -> str:
+        entry, row = self.todo[index]
+        if not (entry / VolumeCacheDataset.ENTRY_FILE).is_file():
+            self.dataset.write_entry(entry, self.dataset._pre_transform(deepcopy(row)))
+        return entry.name

@@ -143,12 +143,21 @@ class CTCLIPPrepareBatch:
         self.require_labels = objective == "prompt_pair" if require_labels is None else require_labels
         self.image_key, self.report_key = image_key, report_key
         self.prompts = build_prompts(self.class_names, present_template, absent_template) if class_names else []
+        self._prompt_tokens: dict[str, dict[str, torch.Tensor]] = {}
 
     def tokenize(self, texts: Sequence[str], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         tokens = self.tokenizer(
             list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         return {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+
+    def prompt_tokens(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """Tokens of the 2K prompts (2K, L), tokenised once per device: they never change, and re-tokenising 2,000
+        prompts per batch made the per-volume cost grow with the number of class names."""
+        key = str(device)
+        if key not in self._prompt_tokens:
+            self._prompt_tokens[key] = self.tokenize(self.prompts, device)
+        return self._prompt_tokens[key]
 
     def labels(self, batch: Mapping[str, Any], device: torch.device | str | None = None) -> torch.Tensor | None:
         if not self.class_names:
@@ -175,7 +184,7 @@ class CTCLIPPrepareBatch:
                 )
             inputs.update(self.tokenize(batch[self.report_key], device))
         if self.objective == "prompt_pair":
-            prompts = self.tokenize(self.prompts, device)
+            prompts = self.prompt_tokens(device)
             inputs["prompt_input_ids"], inputs["prompt_attention_mask"] = (
                 prompts["input_ids"],
                 prompts["attention_mask"],

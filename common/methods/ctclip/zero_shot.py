@@ -57,7 +57,8 @@ class ZeroShotIteration:
 
     def encode_prompts(self, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
         """(2K, E) latents of [present_0, absent_0, ...]."""
-        tokens = self.prepare_batch.tokenize(self.prompts, device)
+        same = self.prompts == self.prepare_batch.prompts
+        tokens = self.prepare_batch.prompt_tokens(device) if same else self.prepare_batch.tokenize(self.prompts, device)
         return unwrap(model).encode_text(tokens["input_ids"], tokens["attention_mask"]).float()
 
     def __call__(self, engine: Engine, batchdata: Mapping[str, Any]) -> dict[str, Any]:
