@@ -4,12 +4,11 @@ MONAI Label environment's older versions allowed by ``pyproject.toml``."""
 from __future__ import annotations
 
 import sys
-import tomllib  # Python 3.11+, as set-up and CI use
 from pathlib import Path
 
 import pytest
+import tomllib  # Python 3.11+, as set-up and CI use
 from packaging.requirements import Requirement
-
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

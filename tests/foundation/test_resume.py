@@ -90,7 +90,12 @@ def _train(ckpt_dir, scores, stop_after=None, resume=True, seed=0, max_epochs=4)
         optimizer=optimizer,
         loss_function=torch.nn.MSELoss(),
         # first, as in ctclip_lora's train.json: restored before the validation at start scores the model
-        train_handlers=[resumer, LrScheduleHandler(scheduler, print_lr=False), _Validate(evaluator), _StopAt(stop_after)],
+        train_handlers=[
+            resumer,
+            LrScheduleHandler(scheduler, print_lr=False),
+            _Validate(evaluator),
+            _StopAt(stop_after),
+        ],
     )
     trainer.run()
     return network, resumer
