@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common.data.image_loading import LoadVolumed, is_dicom_path
+from common.data.volume_checks import CheckCTContentd
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
@@ -34,9 +36,6 @@ from monai.transforms import (
     Spacingd,
     Transposed,
 )
-
-from common.data.image_loading import LoadVolumed, is_dicom_path
-from common.data.volume_checks import CheckCTContentd
 
 logger = logging.getLogger(__name__)
 

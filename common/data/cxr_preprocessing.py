@@ -15,14 +15,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import (
-    CropForeground,
-    MapTransform,
-    RepeatChannel,
-    Resize,
-    ResizeWithPadOrCrop,
-    ScaleIntensity,
-)
+from monai.transforms import CropForeground, MapTransform, RepeatChannel, Resize, ResizeWithPadOrCrop, ScaleIntensity
 
 __all__ = ["CXRBodyCropd", "otsu_foreground", "otsu_threshold"]
 

@@ -34,7 +34,6 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-
 from common.data.atomic_io import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -73,8 +72,11 @@ class NonFiniteEmbeddingError(ValueError):
     """A cached row holds NaN/inf; ``key`` is its item key and ``location`` its packed location."""
 
     def __init__(self, message: str, key: str | None, location: int) -> None:
-        super().__init__(message)
-        self.key, self.location = key, location
+        super().__init__(message, key, location)  # all arguments, so pickling (DataLoader workers) keeps them
+        self.message, self.key, self.location = message, key, location
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _convert(array: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -23,9 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
-from PIL import Image, UnidentifiedImageError
-
 from common.data.volume_checks import check_dicom_series, check_pixel_data
+from PIL import Image, UnidentifiedImageError
 
 __all__ = ["check_image_file"]
 

@@ -24,12 +24,11 @@ from typing import Hashable, Iterator, Mapping
 
 import pydicom
 import torch
+from common.data.image_checks import check_image_file
+from common.data.volume_checks import check_dicom_series
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform
-
-from common.data.image_checks import check_image_file
-from common.data.volume_checks import check_dicom_series
 
 logger = logging.getLogger(__name__)
 

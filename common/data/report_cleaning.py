@@ -41,10 +41,7 @@ def extract_sections(text: str) -> dict[str, str]:
 
 
 def clean_report(
-    text: str,
-    sections: Sequence[str] | None = None,
-    placeholder: str | None = "",
-    lowercase: bool = False,
+    text: str, sections: Sequence[str] | None = None, placeholder: str | None = "", lowercase: bool = False
 ) -> str:
     """Normalise a report.
 

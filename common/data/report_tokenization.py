@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from common.peft.soft_visual_prompt import PromptTemplate
 
 logger = logging.getLogger(__name__)

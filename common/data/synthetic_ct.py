@@ -23,7 +23,6 @@ from pathlib import Path
 import ignite.distributed as idist
 import nibabel as nib
 import numpy as np
-
 from common.data.manifest import assign_patient_splits, write_manifest
 
 logger = logging.getLogger(__name__)

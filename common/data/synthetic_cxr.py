@@ -27,9 +27,8 @@ from typing import Sequence
 
 import ignite.distributed as idist
 import numpy as np
-from PIL import Image
-
 from common.data.manifest import assign_patient_splits, write_manifest
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 

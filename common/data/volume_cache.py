@@ -29,13 +29,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from common.data.atomic_io import atomic_directory, write_json_atomic
+from common.data.volume_encoding import decode_array, encode_array, find_hu_grid
 from monai.data import MetaTensor, PersistentDataset
 from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
-
-from common.data.atomic_io import atomic_directory, write_json_atomic
-from common.data.volume_encoding import decode_array, encode_array, find_hu_grid
 
 logger = logging.getLogger(__name__)
 

@@ -29,13 +29,12 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
+from common.data.atomic_io import atomic_path
+from common.weights.fingerprint import check_base_record
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-
-from common.data.atomic_io import atomic_path
-from common.weights.fingerprint import check_base_record
 
 logger = logging.getLogger(__name__)
 

@@ -106,9 +106,7 @@ def describe_checkpoint(path: str | Path, record: Mapping[str, Any]) -> str:
 
 
 def checked_checkpoint(
-    path: str | Path,
-    training_rows: Sequence[Mapping[str, Any]] | None = None,
-    allow_other_run_weights: bool = False,
+    path: str | Path, training_rows: Sequence[Mapping[str, Any]] | None = None, allow_other_run_weights: bool = False
 ) -> str:
     """Log which checkpoint is loaded and refuse one trained on other data; returns ``path`` (for config chaining).
 

@@ -32,20 +32,13 @@ from typing import Any
 import ignite.distributed as idist
 import numpy as np
 import torch
+from common.data.atomic_io import atomic_path
+from common.engines.checkpoint import TrainedWeights, unwrap
+from common.engines.run_record import RUN_RECORD_FILE, identity_differences, recorded_identity, run_id, write_run_record
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.transforms import Transform
-
-from common.data.atomic_io import atomic_path
-from common.engines.checkpoint import TrainedWeights, unwrap
-from common.engines.run_record import (
-    RUN_RECORD_FILE,
-    identity_differences,
-    recorded_identity,
-    run_id,
-    write_run_record,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -257,10 +250,7 @@ class ResumeHandler:
             **self.identity,
             "stage": self.stage,
             "base_record": next((r for r in records if r), None),
-            "trainable": {
-                "count": len(trainable),
-                "sha256": hashlib.sha256(repr(trainable).encode()).hexdigest(),
-            },
+            "trainable": {"count": len(trainable), "sha256": hashlib.sha256(repr(trainable).encode()).hexdigest()},
             "optimizer": {"class": type(optimizer).__name__, **defaults},
             "lr_scheduler": type(self.lr_scheduler).__name__ if self.lr_scheduler is not None else None,
             "max_epochs": engine.state.max_epochs,

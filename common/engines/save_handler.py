@@ -33,13 +33,12 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-from ignite.handlers.checkpoint import BaseSaveHandler
-from peft import get_peft_model_state_dict
-
 from common.data.atomic_io import atomic_directory, clean_interrupted_writes
 from common.engines.checkpoint import save_model_pt, save_safetensors, unwrap
 from common.engines.checkpoint_provenance import RUN_KEY, new_run_id, training_data_record
 from common.weights.fingerprint import BASE_NAME_KEY, base_fingerprint, base_record, check_base_record
+from ignite.handlers.checkpoint import BaseSaveHandler
+from peft import get_peft_model_state_dict
 
 logger = logging.getLogger(__name__)
 

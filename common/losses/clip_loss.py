@@ -14,10 +14,9 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from common.losses.temperature import check_temperature
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
-from common.losses.temperature import check_temperature
 
 __all__ = ["LogitScale", "ClipLoss", "gather_features", "clip_logits"]
 

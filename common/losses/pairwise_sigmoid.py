@@ -16,9 +16,8 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common.losses.temperature import check_temperature
+from torch import nn
 
 logger = logging.getLogger(__name__)
 

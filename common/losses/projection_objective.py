@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-from torch import nn
-
 from common.losses.clip_loss import ClipLoss
 from common.losses.pairwise_sigmoid import LabelAwarePairwiseSigmoidLoss
+from torch import nn
 
 __all__ = ["ProjectionObjective", "OBJECTIVES"]
 

@@ -63,9 +63,11 @@ def classification_metrics(
         per_class = {n: safe_roc_auc(y_true[:, c], y_score[:, c], n) for c, n in enumerate(names)}
         y_pred = (y_score >= threshold).astype(int)
         return {
-            "auroc": float(np.nanmean(list(per_class.values())))
-            if any(not math.isnan(v) for v in per_class.values())
-            else float("nan"),
+            "auroc": (
+                float(np.nanmean(list(per_class.values())))
+                if any(not math.isnan(v) for v in per_class.values())
+                else float("nan")
+            ),
             "f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
             "accuracy": float((y_pred == y_true).mean()),
             "per_class_auroc": per_class,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from common.metrics.classification import safe_roc_auc
 from common.metrics.retrieval import retrieval_recall_at_k
 

@@ -11,11 +11,10 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
+from common.metrics.classification import classification_metrics
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-from common.metrics.classification import classification_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -63,9 +63,7 @@ def _rouge_l(res: Mapping[int, list[str]], gts: Mapping[int, list[str]]) -> floa
 
 
 def nlg_metrics(
-    hypotheses: Sequence[str],
-    references: Sequence[str | Sequence[str]],
-    meteor: bool | None = None,
+    hypotheses: Sequence[str], references: Sequence[str | Sequence[str]], meteor: bool | None = None
 ) -> dict[str, float | str]:
     """Corpus-level NLG scores of generated reports against full-length references.
 

@@ -19,9 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
-
 from common.metrics.classification import safe_roc_auc
+from sklearn.metrics import accuracy_score, f1_score
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +115,7 @@ def threshold_metrics(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.nda
         f1_pos = np.nan_to_num(2 * tp / (2 * tp + fp + fn))
         f1_neg = np.nan_to_num(2 * tn / (2 * tn + fp + fn))
     n_pos, n_neg = tp + fn, tn + fp
-    return {
-        "accuracy": (tp + tn) / n,
-        "weighted_f1": (n_pos * f1_pos + n_neg * f1_neg) / n,
-        "positive_f1": f1_pos,
-    }
+    return {"accuracy": (tp + tn) / n, "weighted_f1": (n_pos * f1_pos + n_neg * f1_neg) / n, "positive_f1": f1_pos}
 
 
 def zero_shot_metrics(y_true, y_prob, class_names: Sequence[str], thresholds=None) -> dict:

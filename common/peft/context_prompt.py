@@ -38,11 +38,7 @@ class ContextPrompt(nn.Module):
 
     @classmethod
     def from_text(
-        cls,
-        init_text: str,
-        num_tokens: int,
-        tokenizer: PreTrainedTokenizerBase,
-        embeddings: nn.Embedding,
+        cls, init_text: str, num_tokens: int, tokenizer: PreTrainedTokenizerBase, embeddings: nn.Embedding
     ) -> ContextPrompt:
         """Initialise from the token embeddings of ``init_text``, tiled/truncated to ``num_tokens``.
 

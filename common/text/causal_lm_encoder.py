@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common.peft.lora import apply_lora
+from common.weights.hf_loading import load_or_build_model, load_tokenizer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 from transformers import AutoModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
-
-from common.peft.lora import apply_lora
-from common.weights.hf_loading import load_or_build_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +48,7 @@ def default_lora_targets(model_type: str) -> list[str]:
 
 
 def train_bpe_tokenizer(
-    texts: Iterable[str],
-    vocab_size: int = 512,
-    save_dir: str | Path | None = None,
-    eos_token: str = "<|endoftext|>",
+    texts: Iterable[str], vocab_size: int = 512, save_dir: str | Path | None = None, eos_token: str = "<|endoftext|>"
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (GPT-2 style) trained on ``texts``, for the tiny demo LM; no download needed.
 
@@ -198,9 +194,11 @@ class CausalLMEncoder(nn.Module):
                         i,
                         len(seq) + len(eos),
                         self.max_length,
-                        "no pad left: token 0 is read, official_unpadded_eos_quirk"
-                        if self.official_unpadded_eos_quirk
-                        else "EOS still appended and read",
+                        (
+                            "no pad left: token 0 is read, official_unpadded_eos_quirk"
+                            if self.official_unpadded_eos_quirk
+                            else "EOS still appended and read"
+                        ),
                     )
                 self.num_truncated += 1
                 seq = seq[:budget]
@@ -221,10 +219,7 @@ class CausalLMEncoder(nn.Module):
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        prefix_embeds: torch.Tensor | None = None,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Hidden state at each caption's EOS.
 

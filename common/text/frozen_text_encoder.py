@@ -10,11 +10,10 @@ import logging
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch import nn
-
 from common.data.report_cleaning import CLEANING_VERSION, clean_report
 from common.weights.fingerprint import FrozenModelIdentity
 from common.weights.hf_loading import load_or_build_model, load_tokenizer
+from torch import nn
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common.vision.ctvit_attention import ContinuousPositionBias, FactorizedTransformer
+from torch import nn
 
 __all__ = ["FULL_CTVIT_CONFIG", "CTViT", "CosineSimCodebook", "Patchify", "Unpatchify", "VectorQuantizer"]
 

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from transformers import AutoModel, PreTrainedModel
-
 from common.vision.image_processor import image_processor_settings, load_image_processor
 from common.weights.hf_loading import load_or_build_model
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,6 @@ import logging
 from typing import Any, Mapping, Sequence
 
 import torch
-from monai.transforms import Compose, NormalizeIntensityd, RepeatChanneld, Resized, ScaleIntensityd
-from torch import nn
-
 from common.data.image_loading import LoadRadiographd
 from common.vision.image_processor import (
     PROCESSOR_FILE,
@@ -27,6 +24,8 @@ from common.vision.image_processor import (
 )
 from common.weights.fingerprint import FrozenModelIdentity
 from common.weights.hf_loading import load_or_build_model
+from monai.transforms import Compose, NormalizeIntensityd, RepeatChanneld, Resized, ScaleIntensityd
+from torch import nn
 
 logger = logging.getLogger(__name__)
 

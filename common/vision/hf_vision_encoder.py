@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common.weights.hf_loading import load_or_build_model
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
-
-from common.weights.hf_loading import load_or_build_model
 
 __all__ = ["HFVisionEncoder"]
 

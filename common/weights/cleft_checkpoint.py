@@ -32,9 +32,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from common.weights.pickle_refusal import pickle_refusal
+from torch import nn
 
 logger = logging.getLogger(__name__)
 

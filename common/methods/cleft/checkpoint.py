@@ -14,14 +14,13 @@ from pathlib import Path
 
 import ignite.distributed as idist
 import torch
-from safetensors.torch import load_file
-
 from common.data.atomic_io import atomic_directory
 from common.engines.checkpoint import load_trained_weights, unwrap
 from common.engines.save_handler import write_adapter_folder
 from common.methods.cleft.model import CLEFTClassifier
 from common.peft.context_prompt import ContextPrompt
 from common.weights.fingerprint import base_fingerprint, base_record
+from safetensors.torch import load_file
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +66,7 @@ def load_cleft_checkpoint(model: torch.nn.Module, path: str | Path, base_name: s
 
 
 def inference_classifier(
-    clip: torch.nn.Module,
-    class_names: Sequence[str],
-    template: str,
-    prompt_checkpoint: str | Path | None = None,
+    clip: torch.nn.Module, class_names: Sequence[str], template: str, prompt_checkpoint: str | Path | None = None
 ) -> CLEFTClassifier:
     """The classifier for a user-named label set: zero-shot with ``template``, or with the learned context of a
     stage-2 checkpoint (the context is shared across classes, so it applies to any class names)."""

@@ -14,17 +14,16 @@ from typing import Any
 import ignite.distributed as idist
 import numpy as np
 import torch
-from ignite.engine import Engine
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced
-from sklearn.metrics import confusion_matrix
-from tqdm import tqdm
-
 from common.data.atomic_io import write_json_atomic
 from common.engines.checkpoint import unwrap
 from common.engines.distributed import all_gather_rows
 from common.metrics.classification import classification_metrics
 from common.metrics.linear_probe import linear_probe
+from ignite.engine import Engine
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
+from sklearn.metrics import confusion_matrix
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 

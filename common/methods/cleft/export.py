@@ -20,7 +20,6 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-
 from common.data.atomic_io import atomic_directory
 from common.engines.checkpoint import save_safetensors, unwrap
 from common.methods.cleft.checkpoint import cleft_fingerprint

@@ -12,9 +12,8 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common.losses.clip_loss import ClipLoss
+from torch import nn
 
 __all__ = ["CLEFTContrastiveLoss", "PromptClassificationLoss"]
 

@@ -17,13 +17,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common.losses.clip_loss import LogitScale
 from common.peft.context_prompt import ContextPrompt
 from common.peft.lora import parameter_summary
 from common.text.causal_lm_encoder import CausalLMEncoder
 from common.vision.dinov2_encoder import DINOv2Encoder
+from torch import nn
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.data import MetaTensor
-
 from common.data.report_cleaning import clean_report
 from common.text.causal_lm_encoder import CausalLMEncoder
+from monai.data import MetaTensor
 
 __all__ = ["CLEFTPrepareBatch", "captions_from_labels", "label_matrix"]
 

@@ -14,10 +14,9 @@ from typing import Any
 
 import ignite.distributed as idist
 import numpy as np
-from ignite.engine import Engine, Events
-
 from common.data.atomic_io import atomic_path, write_json_atomic
 from common.engines.distributed import all_gather_rows
+from ignite.engine import Engine, Events
 
 logger = logging.getLogger(__name__)
 

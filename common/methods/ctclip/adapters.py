@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
-
 from common.engines.checkpoint import save_safetensors, unwrap
 from common.engines.save_handler import check_adapter_folder
 from common.peft.lora import load_lora_folder
 from common.weights.fingerprint import base_fingerprint
+from peft import PeftModel
 
 logger = logging.getLogger(__name__)
 

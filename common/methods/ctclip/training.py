@@ -20,13 +20,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import SimpleInferer
-from peft import PeftModel
-from torch import nn
-
 from common.losses.clip_loss import ClipLoss
 from common.methods.ctclip.model import CTCLIP, pair_logits
 from common.peft.lora import apply_lora, parameter_summary
+from monai.inferers import SimpleInferer
+from peft import PeftModel
+from torch import nn
 
 logger = logging.getLogger(__name__)
 

@@ -17,12 +17,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from ignite.engine import Engine
-
 from common.engines.checkpoint import unwrap
 from common.methods.ctclip.inputs import check_pathology_names
 from common.methods.ctclip.model import zero_shot_probabilities
 from common.methods.ctclip.training import CTCLIPPrepareBatch, build_prompts
+from ignite.engine import Engine
 
 __all__ = ["ZeroShotIteration", "batch_ids"]
 

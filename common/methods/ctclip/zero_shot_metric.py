@@ -6,11 +6,10 @@ import math
 
 import numpy as np
 import torch
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced
-
 from common.engines.distributed import all_gather_rows
 from common.metrics.classification import safe_roc_auc
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
 
 __all__ = ["MeanZeroShotAUROC"]
 

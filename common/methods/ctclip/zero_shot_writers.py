@@ -20,13 +20,12 @@ from typing import Any
 import ignite.distributed as idist
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
-
 from common.data.atomic_io import write_bytes_atomic
 from common.engines.distributed import all_gather_rows
 from common.methods.ctclip.inputs import check_pathology_names
 from common.metrics.retrieval import retrieval_recall_at_k
 from common.metrics.zero_shot import zero_shot_report
+from ignite.engine import Engine, Events
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-
 from common.data.embedding_cache import EmbeddingCache, NonFiniteEmbeddingError
 
 __all__ = ["CachedEmbeddingDataset", "ShuffledBatchSampler", "batch_collate"]

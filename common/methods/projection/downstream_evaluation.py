@@ -21,17 +21,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
 from common.data.atomic_io import atomic_path, write_json_atomic
 from common.data.split_sizes import require_both_classes, require_rows
 from common.engines.checkpoint import unwrap
 from common.metrics.classification import classification_metrics
 from common.metrics.embedding_quality import pair_auroc
 from common.metrics.retrieval import bidirectional_retrieval
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,10 @@ from typing import Any, Sequence
 import ignite.distributed as idist
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from common.data.embedding_cache import EmbeddingCache, NonFiniteEmbeddingError, hash_file_content, hash_text
 from common.data.image_loading import describe_source
 from common.errors import input_error
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-from torch import nn
-
 from common.losses.clip_loss import LogitScale
 from common.weights.fingerprint import combine_fingerprints
+from torch import nn
 
 __all__ = ["ProjectionHead", "DualProjectionModel", "encoders_fingerprint"]
 

@@ -12,12 +12,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
-from safetensors.numpy import load_file
-
 from common.data.atomic_io import write_json_atomic
 from common.engines.checkpoint import save_safetensors
 from common.methods.projection.embedding_extraction import extract_embeddings
+from ignite.engine import Engine, Events
+from safetensors.numpy import load_file
 
 logger = logging.getLogger(__name__)
 

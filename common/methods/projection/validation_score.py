@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced
-
 from common.engines.distributed import all_gather_rows
 from common.metrics.embedding_quality import mean_recall_at_1, pair_auroc
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
 
 __all__ = ["ProjectionValidationScore"]
 

@@ -22,23 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file
-
 from common.engines.checkpoint import read_checkpoint_metadata, read_trained_state, unwrap
 from common.engines.save_handler import TrainedWeightsSaveHandler, read_folder_record
 from common.methods.report_gen.model import ReportGenerator
 from common.peft.lora import load_lora_folder, load_lora_state_dict
 from common.weights.fingerprint import base_fingerprint, check_base_record, combine_fingerprints
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "checkpoint_objects",
-    "load_report_gen_checkpoint",
-    "report_gen_fingerprint",
-    "save_report_gen_checkpoint",
-]
+__all__ = ["checkpoint_objects", "load_report_gen_checkpoint", "report_gen_fingerprint", "save_report_gen_checkpoint"]
 
 PROJECTOR_FILE = "projector.safetensors"
 # what must match between training and reuse beside the base weights

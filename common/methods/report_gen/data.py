@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from common.data.atomic_io import write_json_atomic
 from common.data.manifest import ManifestError, load_manifest
 from common.data.report_cleaning import clean_report, has_report_text

@@ -20,14 +20,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from peft import PeftModel
-
 from common.data.atomic_io import atomic_directory
 from common.engines.checkpoint import save_safetensors, unwrap
 from common.engines.save_handler import RECORD_FILE
 from common.methods.report_gen.checkpoint import PROJECTOR_FILE, report_gen_fingerprint
 from common.methods.report_gen.model import ReportGenerator
 from common.weights.fingerprint import base_record
+from peft import PeftModel
 
 logger = logging.getLogger(__name__)
 

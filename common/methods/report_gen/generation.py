@@ -12,13 +12,12 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Engine, Events
-from torch import nn
-
 from common.data.atomic_io import write_text_atomic
 from common.engines.distributed import all_gather_rows
 from common.metrics.clinical_efficacy import clinical_efficacy_metrics
 from common.metrics.nlg import nlg_metrics
+from ignite.engine import Engine, Events
+from torch import nn
 
 logger = logging.getLogger(__name__)
 

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
-
 from common.peft.soft_visual_prompt import VisualProjector, place_soft_prompts
 from common.vision.hf_vision_encoder import HFVisionEncoder
 from common.weights.hf_loading import load_or_build_model
+from torch import nn
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 __all__ = ["ReportGenerator"]
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from torch import nn
-
 from common.methods.report_gen.model import ReportGenerator
 from common.peft.lora import apply_lora, parameter_summary
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
