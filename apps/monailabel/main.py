@@ -40,7 +40,8 @@ class MyApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="medvlm-bundles",
-            description="The repository's MONAI Bundles (CT-CLIP LoRA, CLEFT, report generation), JSON results",
+            description="The repository's MONAI Bundles (CT-CLIP LoRA, CLEFT, report generation, frozen projection), "
+            "JSON results",
             version="0.1.0",
         )
 

@@ -80,13 +80,16 @@ class FrozenTextEncoder(FrozenModelIdentity, nn.Module):
         self.report_sections = list(report_sections) if report_sections else None
         self.lowercase = lowercase
         self.name_or_path = model_path or f"config:{self.model.config.model_type}"
+        self.from_folder = bool(model_path)
         self.num_truncated = 0  # reports cut to max_length so far
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the embedding of a given report: part of the cache key."""
         return {
             "kind": "text",
-            "model": self.name_or_path,
+            # the architecture, not the folder's location: the weights' sha256 names them, so the same weights in
+            # another environment or folder give the same identity (and a checkpoint trained on them still loads)
+            "model": f"{'folder' if self.from_folder else 'config'}:{self.model.config.model_type}",
             "weights_sha256": self.weights_sha256,
             "tokenizer": type(self.tokenizer).__name__,
             "vocab_size": len(self.tokenizer),

@@ -78,6 +78,7 @@ class FrozenImageEncoder(FrozenModelIdentity, nn.Module):
         self.image_std = [float(v) for v in (image_std or [0.5, 0.5, 0.5])]
         self.pooling = pooling
         self.name_or_path = model_path or f"config:{self.model.config.model_type}"
+        self.from_folder = bool(model_path)
         if processor is not None:
             steps = [ImageProcessord(keys="image", processor=processor)]
         else:
@@ -97,7 +98,9 @@ class FrozenImageEncoder(FrozenModelIdentity, nn.Module):
         """Everything that changes the embedding of a given image file: part of the cache key."""
         return {
             "kind": "image",
-            "model": self.name_or_path,
+            # the architecture, not the folder's location: the weights' sha256 names them, so the same weights in
+            # another environment or folder give the same identity (and a checkpoint trained on them still loads)
+            "model": f"{'folder' if self.from_folder else 'config'}:{self.model.config.model_type}",
             "weights_sha256": self.weights_sha256,
             "pooling": self.pooling,
             "preprocessing": self._preprocessing(),

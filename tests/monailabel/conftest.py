@@ -29,7 +29,7 @@ def monailabel_bin(require_fixture) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_bundles(tmp_path_factory) -> dict[str, Path]:
-    """The three served bundles' demo models, trained with few epochs: ``{bundle: bundle_root}``."""
+    """The four served bundles' demo models, trained with few epochs: ``{bundle: bundle_root}``."""
     base = tmp_path_factory.mktemp("monailabel_bundles")
     roots = {}
     for bundle, steps in TRAIN.items():

@@ -20,6 +20,7 @@ DEMO = {
     "ctclip_lora": ("--demo_num_samples", "40"),
     "cleft_cxr": ("--demo_num_samples", "80"),
     "report_gen": ("--demo_num_samples", "60"),
+    "frozen_projection": ("--demo_num_samples", "120"),
 }
 TRAIN = {
     "ctclip_lora": [(["train", "demo"], ("--num_epochs", "1"))],
@@ -28,10 +29,10 @@ TRAIN = {
         (["train", "demo"], ("--num_epochs", "1")),
         (["train", "train_stage2", "demo"], ("--num_epochs", "1")),
     ],
+    "frozen_projection": [(["train", "demo"], ("--num_epochs", "2"))],
 }
-# what each bundle's inference merges (as lib/bundle_config.py does) plus the demo's config
-CLI_CONFIGS = {"ctclip_lora": ["inference", "demo"], "cleft_cxr": ["train", "inference", "demo"],
-               "report_gen": ["inference", "demo"]}  # fmt: skip
+# each bundle's docs' standalone inference command (inference.json, then the demo's config)
+CLI_CONFIGS = {bundle: ["inference", "demo"] for bundle in DEMO}
 
 
 def server_conf(roots: dict[str, Path], extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -42,7 +43,14 @@ def server_conf(roots: dict[str, Path], extra: dict[str, str] | None = None) -> 
         conf[f"{bundle}.configs"] = "demo.json"
         conf[f"{bundle}.bundle_root"] = str(root)
         conf[f"{bundle}.demo_num_samples"] = DEMO[bundle][1]
+    if "frozen_projection" in roots:
+        conf["frozen_projection.retrieval_manifest"] = str(retrieval_manifest(roots["frozen_projection"]))
     return conf
+
+
+def retrieval_manifest(root: Path) -> Path:
+    """The reports frozen_projection retrieves from in the tests: its demo's manifest (reports of 120 studies)."""
+    return root / "demo_data" / "manifest.csv"
 
 
 def cli_output(
@@ -60,6 +68,10 @@ def cli_output(
         overrides += ["--input_files", json.dumps([image]), "--output_path", str(out / "predictions.json")]
         if class_names:
             overrides += ["--label_set", json.dumps(class_names)]
+    elif bundle == "frozen_projection":
+        (out / "manifest.csv").write_text(f"id,image\n{Path(image).name},{image}\n")
+        overrides += ["--input_manifest", str(out / "manifest.csv"), "--output_dir", str(out),
+                      "--retrieval_manifest", str(retrieval_manifest(root))]  # fmt: skip
     else:
         (out / "manifest.csv").write_text(f"id,image\n{Path(image).name},{image}\n")
         overrides += ["--dataset_dir", str(out), "--manifest", str(out / "manifest.csv"), "--output_dir", str(out),
@@ -70,6 +82,9 @@ def cli_output(
         return json.loads(path.read_text())
     if bundle == "cleft_cxr":
         return json.loads((out / "predictions.json").read_text())["predictions"][0]
+    if bundle == "frozen_projection":
+        record = json.loads((out / "retrieval.json").read_text())
+        return {"retrieval_manifest": record["retrieval_manifest"], "top_k": record["top_k"], **record["results"][0]}
     return json.loads((out / "inference.jsonl").read_text().splitlines()[0])
 
 
@@ -90,6 +105,15 @@ def run_chain(plan: dict, work: Path, netns: str | None = None, timeout: int = 1
     if done.returncode != 0:
         pytest.fail(f"chain.py failed (exit {done.returncode}):\n{done.stderr[-5000:]}")
     return json.loads((work / "results.json").read_text())
+
+
+def assert_neighbours_equal(served: dict, cli: dict, tolerance: float = 1e-5) -> None:
+    """The served nearest reports equal the CLI's: the same reports in the same order, scores to ``tolerance``."""
+    assert [(n["rank"], n["id"], n["report"]) for n in served["neighbours"]] == [
+        (n["rank"], n["id"], n["report"]) for n in cli["neighbours"]
+    ]
+    for got, want in zip(served["neighbours"], cli["neighbours"]):
+        assert got["score"] == pytest.approx(want["score"], abs=tolerance), want["id"]
 
 
 def assert_probabilities_equal(served: dict, cli: dict, tolerance: float = 1e-5) -> None:

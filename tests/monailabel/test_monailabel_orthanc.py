@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from serving import assert_probabilities_equal, cli_output, run_chain, server_conf
+from serving import assert_neighbours_equal, assert_probabilities_equal, cli_output, run_chain, server_conf
 
 pytestmark = [pytest.mark.slow, pytest.mark.monailabel]
 
@@ -125,6 +125,7 @@ def orthanc_chain(tmp_path_factory, monailabel_bin, demo_bundles, netns, shared_
             "ct_open": {"task": "ctclip_lora", "image": ct_series, "params": {"class_names": OPEN_VOCABULARY}},
             "cr": {"task": "cleft_cxr", "image": cr_series},
             "cr_report": {"task": "report_gen", "image": cr_series},
+            "cr_retrieval": {"task": "frozen_projection", "image": cr_series},
             "unknown_task": {"task": "deepedit", "image": ct_series},
             "unknown_series": {"task": "ctclip_lora", "image": generate_uid(entropy_srcs=["not uploaded"])},
             "empty_classes": {"task": "ctclip_lora", "image": ct_series, "params": {"class_names": []}},
@@ -155,13 +156,13 @@ def test_orthanc_holds_the_uploaded_series_and_refuses_the_corrupt_file(orthanc_
 
 def test_info_and_datastore_come_from_the_pacs(orthanc_chain):
     results, _, ids = orthanc_chain
-    assert set(results["info"]["models"]) == {"ctclip_lora", "cleft_cxr", "report_gen"}
+    assert set(results["info"]["models"]) == {"ctclip_lora", "cleft_cxr", "report_gen", "frozen_projection"}
     assert results["info"]["datastore"]["total"] == 3  # the CT, the CR and the broken CR series
 
 
 def test_served_results_equal_the_bundle_cli_on_the_same_files(orthanc_chain, demo_bundles, tmp_path):
     results, data, _ = orthanc_chain
-    for name in ("ct", "ct_open", "cr", "cr_report"):
+    for name in ("ct", "ct_open", "cr", "cr_report", "cr_retrieval"):
         assert results["requests"][name]["status"] == 200, (name, results["requests"][name])
     answers = {name: r["answer"] for name, r in results["requests"].items()}
     ct_dir, cr_file = str(data / "ct"), str(data / "cr" / "chest_cr.dcm")
@@ -175,6 +176,8 @@ def test_served_results_equal_the_bundle_cli_on_the_same_files(orthanc_chain, de
     )
     report = cli_output("report_gen", demo_bundles["report_gen"], cr_file, tmp_path / "d")
     assert answers["cr_report"]["generated"] == report["generated"]  # the id differs: a series UID, a file name
+    retrieval = cli_output("frozen_projection", demo_bundles["frozen_projection"], cr_file, tmp_path / "e")
+    assert_neighbours_equal(answers["cr_retrieval"], retrieval)  # the CR instance's nearest demo reports
 
 
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(orthanc_chain):

@@ -19,11 +19,11 @@ from monai.bundle import ConfigParser
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
-# The config files of each bundle's inference, in overlay order: what its docs' inference command merges.
-# When a bundle's inference.json is standalone, its entry here becomes ("inference.json",).
+# The config files of each bundle's inference, in overlay order: what its docs' inference command merges (every
+# bundle's inference.json is standalone, as MONAI Label and MONAI Deploy load it).
 INFERENCE_CONFIGS: dict[str, tuple[str, ...]] = {
     "ctclip_lora": ("inference.json",),
-    "cleft_cxr": ("train.json", "inference.json"),
+    "cleft_cxr": ("inference.json",),
     "report_gen": ("inference.json",),
     "frozen_projection": ("inference.json",),
 }

@@ -18,8 +18,9 @@ DESCRIPTIONS = {
     "ctclip_lora": "CT-CLIP + LoRA: P(present) per pathology of a chest CT (open vocabulary: params.class_names)",
     "cleft_cxr": "CLEFT: class probabilities of a chest X-ray for a label set (params.class_names)",
     "report_gen": "Report generation: a draft report of a chest X-ray",
+    "frozen_projection": "Frozen projection: the reports nearest to an image's projected embedding (retrieval)",
 }
-DIMENSIONS = {"ctclip_lora": 3, "cleft_cxr": 2, "report_gen": 2}
+DIMENSIONS = {"ctclip_lora": 3, "cleft_cxr": 2, "report_gen": 2, "frozen_projection": 2}
 
 
 class BundleInferTask(BasicInferTask):
@@ -40,6 +41,11 @@ class BundleInferTask(BasicInferTask):
         self.bundle_config = config
         self.adapter = ADAPTERS[bundle]()
         config.warm_ids = list(self.adapter.warm)
+        if bundle == "frozen_projection" and not config.get("retrieval_manifest", ""):
+            raise ValueError(
+                "frozen_projection answers with the reports of a manifest: start the server with "
+                "--conf frozen_projection.retrieval_manifest <manifest with a 'report' column>"
+            )
         names = config.get("class_names", None) if bundle == "ctclip_lora" else config.get("label_set", None)
         self.default_names = list(names) if names is not None else []
         super().__init__(

@@ -146,4 +146,58 @@ class ReportGenRequest:
         return lines[0]
 
 
-ADAPTERS = {"ctclip_lora": CTCLIPRequest, "cleft_cxr": CLEFTRequest, "report_gen": ReportGenRequest}
+def top_k(params: Mapping[str, Any], key: str = "retrieval_top_k") -> int | None:
+    """The request's number of neighbours (a positive integer); None when absent.
+
+    Raises:
+        RequestError: not an integer, or below 1.
+    """
+    if params.get(key) is None:
+        return None
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise RequestError(f"'{key}' must be a positive integer, got {value!r}")
+    if int(value) < 1:
+        raise RequestError(f"'{key}' must be at least 1, got {value!r}")
+    return int(value)
+
+
+class ProjectionRequest:
+    """frozen_projection: an image -> the reports of the retrieval manifest nearest to its projected embedding
+    (the bundle's ``retrieval_manifest``, given at start-up; ``params.retrieval_top_k`` changes the count)."""
+
+    # the frozen encoders are built per request, after the bundle's set_determinism (a config-built encoder's
+    # random weights depend on it, and the checkpoint's base record checks them)
+    warm = ("device", "network")
+    suffixes = (".png", ".jpg", ".jpeg", ".dcm")
+
+    def overrides(self, path: str, params: Mapping[str, Any], scratch: Path) -> dict[str, Any]:
+        manifest = scratch / "manifest.csv"
+        with manifest.open("w", newline="") as handle:
+            csv.writer(handle).writerows([["id", "image"], [Path(path).name, single_file(path, self.suffixes)]])
+        out: dict[str, Any] = {"input_manifest": str(manifest), "output_dir": str(scratch)}
+        k = top_k(params)
+        if k is not None:
+            out["retrieval_top_k"] = k
+        return out
+
+    def objects(self, overrides, default_names):
+        return {}
+
+    def remember(self, parser, overrides, default_names) -> None:
+        pass
+
+    def read(self, scratch: Path) -> dict[str, Any]:
+        path = scratch / "retrieval.json"
+        if not path.is_file():
+            raise RuntimeError(f"frozen_projection inference wrote no {path.name}: is retrieval_manifest set?")
+        record = json.loads(path.read_text())
+        return {"retrieval_manifest": record["retrieval_manifest"], "top_k": record["top_k"], **record["results"][0]}
+
+
+ADAPTERS = {
+    "ctclip_lora": CTCLIPRequest,
+    "cleft_cxr": CLEFTRequest,
+    "report_gen": ReportGenRequest,
+    "frozen_projection": ProjectionRequest,
+}
