@@ -13,10 +13,9 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine, Events
-
 from common.data.atomic_io import write_json_atomic
 from common.methods.projection.embedding_extraction import extract_embeddings
+from ignite.engine import Engine, Events
 
 logger = logging.getLogger(__name__)
 
