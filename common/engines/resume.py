@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from common.data.atomic_io import atomic_path
 from common.engines.checkpoint import TrainedWeights, unwrap
+from common.engines.checkpoint_provenance import RUN_KEY
 from common.engines.run_record import RUN_RECORD_FILE, identity_differences, recorded_identity, run_id, write_run_record
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
@@ -246,10 +247,12 @@ class ResumeHandler:
         defaults = {k: v for k, v in optimizer.defaults.items() if isinstance(v, (bool, int, float, str, tuple, list))}
         loader = engine.data_loader
         records = [getattr(c.save_handler, "record", None) for c in self.checkpoints]
+        base = next((r for r in records if r), None)
         return {
             **self.identity,
             "stage": self.stage,
-            "base_record": next((r for r in records if r), None),
+            # the writers' record without its run id, which is this identity's (set in _start)
+            "base_record": {k: v for k, v in base.items() if k != RUN_KEY} if base else None,
             "trainable": {"count": len(trainable), "sha256": hashlib.sha256(repr(trainable).encode()).hexdigest()},
             "optimizer": {"class": type(optimizer).__name__, **defaults},
             "lr_scheduler": type(self.lr_scheduler).__name__ if self.lr_scheduler is not None else None,
@@ -277,6 +280,10 @@ class ResumeHandler:
             self._refuse(f"resume is false but {self.ckpt_dir} already holds a run of stage {self.stage!r}")
         if recorded is None and self.state_path.exists():
             self._refuse(f"{self.state_path} has no entry in {self.ckpt_dir / RUN_RECORD_FILE} to say which run it is")
+        for checkpoint in self.checkpoints:  # the checkpoints name the run by its record's id, the same on resume
+            record = getattr(checkpoint.save_handler, "record", None)
+            if isinstance(record, dict):
+                record[RUN_KEY] = run_id(identity)
         if self.state_path.exists():
             self._restore(engine, objects)
         elif idist.get_rank() == 0:
