@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from common.peft.lora import apply_lora
-from common.weights.hf_loading import load_or_build_model, load_tokenizer
+from common.weights.hf_loading import enable_activation_checkpointing, load_or_build_model, load_tokenizer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 from transformers import AutoModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -157,7 +157,7 @@ class CausalLMEncoder(nn.Module):
                 raise ValueError(f"{key} is empty and no tokenizer was given: set tokenizer_path or pass a tokenizer")
             tokenizer = load_tokenizer(source, key="tokenizer_path" if tokenizer_path else key)
         if gradient_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         for param in model.parameters():
             param.requires_grad_(False)
         if use_lora:

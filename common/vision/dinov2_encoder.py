@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from common.vision.image_processor import image_processor_settings, load_image_processor
-from common.weights.hf_loading import load_or_build_model
+from common.weights.hf_loading import enable_activation_checkpointing, load_or_build_model
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
@@ -93,7 +93,7 @@ class DINOv2Encoder(nn.Module):
                 },
             )
         if gradient_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         return cls(model, pooling=pooling)
 
     @property

@@ -20,7 +20,14 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RemoteCodeRefused", "check_local_model_dir", "build_config", "load_or_build_model", "load_tokenizer"]
+__all__ = [
+    "RemoteCodeRefused",
+    "check_local_model_dir",
+    "build_config",
+    "load_or_build_model",
+    "load_tokenizer",
+    "enable_activation_checkpointing",
+]
 
 
 class RemoteCodeRefused(ValueError):
@@ -130,3 +137,15 @@ def load_tokenizer(tokenizer_path: str | Path, key: str = "tokenizer_path", **kw
         raise FileNotFoundError(f"{key}={str(tokenizer_path)!r} is not a local tokenizer folder")
     with _no_remote_code(folder, key, "tokenizer"):
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, **kwargs)
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in backward (non-reentrant), under either name transformers 5.x has given the switch.
+
+    Later 5.x releases call it ``activation_checkpointing_enable``; earlier ones, including 5.20 (the last with
+    Python 3.10 wheels, which the model zoo's CI uses), ``gradient_checkpointing_enable``.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -62,6 +62,8 @@ def test_other_values_are_refused_whatever_the_policy(tmp_path, value):
 
 @pytest.mark.parametrize("bundle, rows_key", [("ctclip_lora", "validate#rows"), ("cleft_cxr", "manifest_rows")])
 def test_bundles_refuse_uncertain_labels(manifest, bundle, rows_key):
+    with manifest.open("a") as handle:  # a positive val row: ctclip's val AUROC needs both classes of a label
+        handle.write("a.png,r,1,1,val\n")
     parser = ConfigParser()
     parser.read_config(str(BUNDLES / bundle / "configs" / "train.json"))
     parser.update(

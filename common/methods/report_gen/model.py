@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from common.peft.soft_visual_prompt import VisualProjector, place_soft_prompts
 from common.vision.hf_vision_encoder import HFVisionEncoder
-from common.weights.hf_loading import load_or_build_model
+from common.weights.hf_loading import enable_activation_checkpointing, load_or_build_model
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
@@ -60,10 +60,7 @@ class ReportGenerator(nn.Module):
         self.image_key = image_key
         if gradient_checkpointing:
             # non-reentrant checkpointing keeps gradients flowing to the soft prompts although the LLM is frozen
-            if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
-                language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(language_model)
             language_model.config.use_cache = False
 
     @classmethod
