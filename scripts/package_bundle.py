@@ -30,6 +30,7 @@ import argparse
 import io
 import json
 import re
+import sys
 import tokenize
 import zipfile
 from pathlib import Path
@@ -165,20 +166,28 @@ def rename_common_code(code: str, package: str) -> str:
 
 
 def _model_bytes(model: Path) -> bytes:
-    """``model`` as the bytes of a torch state-dict file that loads with ``torch.load(weights_only=True)``."""
-    import torch
+    """``model`` as the bytes of the model zoo's ``models/model.pt``, as training writes it.
 
-    if model.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    ``{"model": state_dict, "base_record": {str: str}}`` (tensors and strings, read with ``weights_only=True``):
+    a ``model.pt`` written by training is checked and shipped with its record; a ``.safetensors`` file written by
+    training becomes one, its header (the same base-model record) as ``base_record``.
+    """
+    import tempfile
 
-        state = load_file(str(model))
-    else:
-        state = torch.load(model, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{model}: expected a state dict of tensors (name -> tensor), got {type(state).__name__}")
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from common.engines.checkpoint import read_checkpoint_metadata, read_trained_state, save_model_pt
+
+    state, record = read_trained_state(model), read_checkpoint_metadata(model)
+    if not state:
+        raise ValueError(f"{model}: holds no tensors; pass the models/model.pt (or .safetensors) a training wrote")
+    if not record:
+        raise ValueError(
+            f"{model}: has no base-model record (inference checks it on load); pass the models/model.pt or "
+            ".safetensors file a training wrote"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_model_pt(state, Path(tmp) / "model.pt", record).read_bytes()
 
 
 def package(name: str, out_dir: Path, model: Path | None = None) -> Path:
