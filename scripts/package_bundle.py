@@ -1,14 +1,16 @@
 """Package a bundle as a model-zoo style zip with its own copy of ``common/``, so it runs standalone after download.
 
-    python scripts/package_bundle.py frozen_projection [--out dist] [--model path/to/trained/model.pt]
+    python scripts/package_bundle.py frozen_projection [--out dist] [--run <bundle_root of a trained run>]
     python -m monai.bundle download --name frozen_projection --url file://$PWD/dist/frozen_projection_v0.1.0.zip \
         --bundle_dir ./downloaded
     python scripts/package_bundle.py frozen_projection --print-install     # the pip line the zip needs
     cd downloaded/frozen_projection && python -m monai.bundle run --config_file configs/inference.json
 
-The zip holds ``<name>/`` with the bundle's configs, docs, LICENSE and large_files.yml, ``models/model.pt`` when
-``--model`` names a trained state dict (a torch file readable with ``weights_only=True``, or a ``.safetensors``
-file, written as a torch file), and the Python sources of ``common/`` vendored as the package ``<name>_common``:
+The zip holds ``<name>/`` with the bundle's configs, docs, LICENSE and large_files.yml, ``models/model.pt`` of a
+trained run (``--run``: the ``bundle_root`` a training ran in, whose ``models/model.pt`` training wrote; or
+``--model``: that file itself, or a single-file ``.safetensors`` checkpoint training wrote, e.g. frozen_projection's
+and cleft_cxr's ``models/model.safetensors``, converted with its header as the base-model record), and the Python
+sources of ``common/`` vendored as the package ``<name>_common``:
 every ``common`` import in the vendored code and every ``common.`` reference in the configs is renamed, so two
 bundles loaded in one process (as a MONAI Label app does) each import their own copy, never the other's.
 Generated or trained files (eval, logs, cache, demo data) and sample data are never packaged.
@@ -190,6 +192,17 @@ def _model_bytes(model: Path) -> bytes:
         return save_model_pt(state, Path(tmp) / "model.pt", record).read_bytes()
 
 
+def run_model(run: Path) -> Path:
+    """The ``models/model.pt`` that training wrote in the run whose ``bundle_root`` is ``run``."""
+    model = run / "models" / "model.pt"
+    if not model.is_file():
+        raise FileNotFoundError(
+            f"--run {run}: no {model}; training writes it (report_gen from stage 2: train_stage2.json); pass the "
+            "bundle_root the training ran in"
+        )
+    return model
+
+
 def package(name: str, out_dir: Path, model: Path | None = None) -> Path:
     """Write ``<out_dir>/<name>_v<version>.zip`` and return its path.
 
@@ -241,13 +254,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="+", help="bundle names under bundles/")
     parser.add_argument("--out", type=Path, default=ROOT / "dist")
-    parser.add_argument("--model", type=Path, default=None, help="trained state dict to ship as models/model.pt")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--run", type=Path, default=None, help="bundle_root of a trained run: ships its models/model.pt"
+    )
+    weights.add_argument(
+        "--model", type=Path, default=None, help="the models/model.pt (or .safetensors) a training wrote"
+    )
     parser.add_argument("--print-install", action="store_true", help="print the pip line each bundle's zip needs")
     args = parser.parse_args()
-    if args.model is not None and len(args.names) != 1:
-        parser.error("--model belongs to one bundle: name exactly one")
+    model = args.model if args.run is None else run_model(args.run)
+    if model is not None and len(args.names) != 1:
+        parser.error("--run / --model belong to one bundle: name exactly one")
     for name in args.names:
-        print(install_line(name) if args.print_install else package(name, args.out, args.model))
+        print(install_line(name) if args.print_install else package(name, args.out, model))
 
 
 if __name__ == "__main__":
