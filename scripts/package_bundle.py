@@ -1,7 +1,7 @@
 """Package a bundle as a model-zoo style zip with its own copy of ``common/``, so it runs standalone after download.
 
     python scripts/package_bundle.py frozen_projection [--out dist] [--run <bundle_root of a trained run>]
-    python -m monai.bundle download --name frozen_projection --url file://$PWD/dist/frozen_projection_v0.1.0.zip \
+    python -m monai.bundle download --name frozen_projection --url file://$PWD/dist/frozen_projection_v0.2.0.zip \
         --bundle_dir ./downloaded
     python scripts/package_bundle.py frozen_projection --print-install     # the pip line the zip needs
     cd downloaded/frozen_projection && python -m monai.bundle run --config_file configs/inference.json
