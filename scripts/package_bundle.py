@@ -29,6 +29,7 @@ installs: packaging refuses a bundle whose metadata disagrees.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import re
@@ -116,8 +117,13 @@ def rename_common(text: str, package: str) -> str:
     return _COMMON_REF.sub(package, text)
 
 
+@functools.lru_cache(maxsize=None)
 def zoo_format_python(text: str, package: str) -> str:
-    """``text`` as the model zoo's isort (its ``setup.cfg``, ``package`` third-party) and black leave it."""
+    """``text`` as the model zoo's isort (its ``setup.cfg``, ``package`` third-party) and black leave it.
+
+    Cached by ``(text, package)``: a process that packages a bundle again (the tests package each one several
+    times) formats only the modules that changed.
+    """
     import black
     import isort
 
