@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from common.data.atomic_io import atomic_path
 from common.engines.checkpoint import TrainedWeights, unwrap
+from common.engines.checkpoint_provenance import RUN_KEY
 from common.engines.run_record import RUN_RECORD_FILE, identity_differences, recorded_identity, run_id, write_run_record
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
@@ -245,11 +246,16 @@ class ResumeHandler:
         optimizer = engine.optimizer
         defaults = {k: v for k, v in optimizer.defaults.items() if isinstance(v, (bool, int, float, str, tuple, list))}
         loader = engine.data_loader
-        records = [getattr(c.save_handler, "record", None) for c in self.checkpoints]
+        # the save handler's run id is drawn per process (each rank, each restart): not part of what the run is
+        records = [
+            {k: v for k, v in r.items() if k != RUN_KEY}
+            for r in (getattr(c.save_handler, "record", None) for c in self.checkpoints)
+            if r
+        ]
         return {
             **self.identity,
             "stage": self.stage,
-            "base_record": next((r for r in records if r), None),
+            "base_record": next(iter(records), None),
             "trainable": {"count": len(trainable), "sha256": hashlib.sha256(repr(trainable).encode()).hexdigest()},
             "optimizer": {"class": type(optimizer).__name__, **defaults},
             "lr_scheduler": type(self.lr_scheduler).__name__ if self.lr_scheduler is not None else None,
