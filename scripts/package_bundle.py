@@ -1,14 +1,16 @@
 """Package a bundle as a model-zoo style zip with its own copy of ``common/``, so it runs standalone after download.
 
-    python scripts/package_bundle.py frozen_projection [--out dist] [--model path/to/trained/model.pt]
-    python -m monai.bundle download --name frozen_projection --url file://$PWD/dist/frozen_projection_v0.1.0.zip \
+    python scripts/package_bundle.py frozen_projection [--out dist] [--run <bundle_root of a trained run>]
+    python -m monai.bundle download --name frozen_projection --url file://$PWD/dist/frozen_projection_v0.2.0.zip \
         --bundle_dir ./downloaded
     python scripts/package_bundle.py frozen_projection --print-install     # the pip line the zip needs
     cd downloaded/frozen_projection && python -m monai.bundle run --config_file configs/inference.json
 
-The zip holds ``<name>/`` with the bundle's configs, docs, LICENSE and large_files.yml, ``models/model.pt`` when
-``--model`` names a trained state dict (a torch file readable with ``weights_only=True``, or a ``.safetensors``
-file, written as a torch file), and the Python sources of ``common/`` vendored as the package ``<name>_common``:
+The zip holds ``<name>/`` with the bundle's configs, docs, LICENSE and large_files.yml, ``models/model.pt`` of a
+trained run (``--run``: the ``bundle_root`` a training ran in, whose ``models/model.pt`` training wrote; or
+``--model``: that file itself, or a single-file ``.safetensors`` checkpoint training wrote, e.g. frozen_projection's
+and cleft_cxr's ``models/model.safetensors``, converted with its header as the base-model record), and the Python
+sources of ``common/`` vendored as the package ``<name>_common``:
 every ``common`` import in the vendored code and every ``common.`` reference in the configs is renamed, so two
 bundles loaded in one process (as a MONAI Label app does) each import their own copy, never the other's.
 Generated or trained files (eval, logs, cache, demo data) and sample data are never packaged.
@@ -27,9 +29,11 @@ installs: packaging refuses a bundle whose metadata disagrees.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import re
+import sys
 import tokenize
 import zipfile
 from pathlib import Path
@@ -113,8 +117,13 @@ def rename_common(text: str, package: str) -> str:
     return _COMMON_REF.sub(package, text)
 
 
+@functools.lru_cache(maxsize=None)
 def zoo_format_python(text: str, package: str) -> str:
-    """``text`` as the model zoo's isort (its ``setup.cfg``, ``package`` third-party) and black leave it."""
+    """``text`` as the model zoo's isort (its ``setup.cfg``, ``package`` third-party) and black leave it.
+
+    Cached by ``(text, package)``: a process that packages a bundle again (the tests package each one several
+    times) formats only the modules that changed.
+    """
     import black
     import isort
 
@@ -165,20 +174,39 @@ def rename_common_code(code: str, package: str) -> str:
 
 
 def _model_bytes(model: Path) -> bytes:
-    """``model`` as the bytes of a torch state-dict file that loads with ``torch.load(weights_only=True)``."""
-    import torch
+    """``model`` as the bytes of the model zoo's ``models/model.pt``, as training writes it.
 
-    if model.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    ``{"model": state_dict, "base_record": {str: str}}`` (tensors and strings, read with ``weights_only=True``):
+    a ``model.pt`` written by training is checked and shipped with its record; a ``.safetensors`` file written by
+    training becomes one, its header (the same base-model record) as ``base_record``.
+    """
+    import tempfile
 
-        state = load_file(str(model))
-    else:
-        state = torch.load(model, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{model}: expected a state dict of tensors (name -> tensor), got {type(state).__name__}")
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from common.engines.checkpoint import read_checkpoint_metadata, read_trained_state, save_model_pt
+
+    state, record = read_trained_state(model), read_checkpoint_metadata(model)
+    if not state:
+        raise ValueError(f"{model}: holds no tensors; pass the models/model.pt (or .safetensors) a training wrote")
+    if not record:
+        raise ValueError(
+            f"{model}: has no base-model record (inference checks it on load); pass the models/model.pt or "
+            ".safetensors file a training wrote"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_model_pt(state, Path(tmp) / "model.pt", record).read_bytes()
+
+
+def run_model(run: Path) -> Path:
+    """The ``models/model.pt`` that training wrote in the run whose ``bundle_root`` is ``run``."""
+    model = run / "models" / "model.pt"
+    if not model.is_file():
+        raise FileNotFoundError(
+            f"--run {run}: no {model}; training writes it (report_gen from stage 2: train_stage2.json); pass the "
+            "bundle_root the training ran in"
+        )
+    return model
 
 
 def package(name: str, out_dir: Path, model: Path | None = None) -> Path:
@@ -232,13 +260,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="+", help="bundle names under bundles/")
     parser.add_argument("--out", type=Path, default=ROOT / "dist")
-    parser.add_argument("--model", type=Path, default=None, help="trained state dict to ship as models/model.pt")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--run", type=Path, default=None, help="bundle_root of a trained run: ships its models/model.pt"
+    )
+    weights.add_argument(
+        "--model", type=Path, default=None, help="the models/model.pt (or .safetensors) a training wrote"
+    )
     parser.add_argument("--print-install", action="store_true", help="print the pip line each bundle's zip needs")
     args = parser.parse_args()
-    if args.model is not None and len(args.names) != 1:
-        parser.error("--model belongs to one bundle: name exactly one")
+    model = args.model if args.run is None else run_model(args.run)
+    if model is not None and len(args.names) != 1:
+        parser.error("--run / --model belong to one bundle: name exactly one")
     for name in args.names:
-        print(install_line(name) if args.print_install else package(name, args.out, args.model))
+        print(install_line(name) if args.print_install else package(name, args.out, model))
 
 
 if __name__ == "__main__":

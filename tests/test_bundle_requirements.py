@@ -3,6 +3,8 @@ MONAI Label environment's older versions allowed by ``pyproject.toml``."""
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -35,6 +37,9 @@ def test_a_changed_pin_is_reported_with_the_file_and_both_versions():
 def test_bundle_readme_shows_the_install_line_its_zip_needs(name):
     readme = (ROOT / "bundles" / name / "docs" / "README.md").read_text()
     assert install_line(name) in readme, f"bundles/{name}/docs/README.md: the pip line differs from the metadata pins"
+    version = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())["version"]
+    zips = set(re.findall(rf"\b{name}_v[0-9.]*[0-9]\.zip", readme))
+    assert zips == {f"{name}_v{version}.zip"}, f"bundles/{name}/docs/README.md downloads {zips}; packaging: v{version}"
 
 
 def test_setup_installs_with_the_constraints_file():

@@ -72,3 +72,34 @@ def test_package_download_and_run_standalone(tmp_path):
         cwd=bundle,
     )
     assert (bundle / "models" / "model_final.safetensors").is_file()
+
+
+def test_package_ships_the_model_pt_of_a_trained_run_with_its_record(tmp_path):
+    """``--run <bundle_root>`` ships the run's ``models/model.pt`` as training wrote it (state dict and base-model
+    record, what inference.json loads); a bare state dict, with no record for inference to check, is refused."""
+    import torch
+
+    from common.engines.checkpoint import read_checkpoint_metadata, read_trained_state, save_model_pt
+
+    state = {"image_head.net.0.weight": torch.randn(4, 3), "image_head.net.0.bias": torch.randn(4)}
+    record = {"base_model_fingerprint": "f" * 64, "network": '{"image_dim": 3}'}
+    save_model_pt(state, tmp_path / "run" / "models" / "model.pt", record)
+    script = [sys.executable, str(ROOT / "scripts" / "package_bundle.py"), "frozen_projection"]
+    packaged = _run([*script, "--out", str(tmp_path / "dist"), "--run", str(tmp_path / "run")], ROOT)
+    archive = Path(packaged.stdout.strip())
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extract("frozen_projection/models/model.pt", tmp_path / "out")
+    shipped = tmp_path / "out" / "frozen_projection" / "models" / "model.pt"
+    assert torch.load(shipped, weights_only=True).keys() == {"model", "base_record"}
+    assert read_checkpoint_metadata(shipped) == record
+    for key, tensor in read_trained_state(shipped).items():
+        torch.testing.assert_close(tensor, state[key])
+    assert read_trained_state(shipped).keys() == state.keys()
+
+    torch.save(state, tmp_path / "bare.pt")
+    bare = subprocess.run([*script, "--out", str(tmp_path / "dist"), "--model", str(tmp_path / "bare.pt")],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert bare.returncode != 0 and "bare.pt" in bare.stderr
+    missing = subprocess.run([*script, "--run", str(tmp_path / "untrained")], cwd=ROOT, env=ENV,
+                             capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode != 0 and "untrained/models/model.pt" in missing.stderr

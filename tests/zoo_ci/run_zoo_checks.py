@@ -3,10 +3,18 @@
     python tests/zoo_ci/run_zoo_checks.py --models <folder holding <bundle>/> --bundle <name> --mode min|full \
         [--repository-form]
 
-The zoo's scripts run unmodified; only the exclusion lists of its ``bundle_custom_data.py`` are extended, in place,
-with this project's entries from ``exclusions.json`` (as a zoo pull request would add them to that file), before
-``verify_bundle.verify`` runs. ``--repository-form`` also applies the entries that hold only for the bundle folders
-of this repository. The zoo's CI prepares ``<models>/model_info.json`` and ``<bundle>/eval/schema.json`` (its
+The zoo's script files are unmodified; at run time the exclusion lists of its ``bundle_custom_data.py`` are
+extended, in place, with this project's entries from ``exclusions.json`` (as a zoo pull request would add them to
+that file), before ``verify_bundle.verify`` runs. ``--repository-form`` also applies the entries that hold only for
+the bundle folders of this repository.
+
+``custom_net_config_dict`` (``{bundle: {"net_id": ...}}``) names the network the zoo's shape and TorchScript checks
+build, in the meaning the zoo's ``ci/bundle_custom_data.py`` gave that dict (default ``network_def``). The pinned
+``verify_bundle.py`` has no such dict: its ``_get_net_id`` answers per bundle in code (the zoo's own generative
+bundles return ``autoencoder_def``), where a zoo pull request adds a bundle's branch. The runner does the same at
+run time: ``_get_net_id`` answers from the dict for the bundles it names and is the zoo's function otherwise.
+
+The zoo's CI prepares ``<models>/model_info.json`` and ``<bundle>/eval/schema.json`` (its
 ``prepare_schema.py`` downloads the schema); this runner writes them offline: an empty model_info (a new bundle) and
 the schema kept in ``schemas/``.
 """
@@ -38,6 +46,33 @@ def extend_exclusions(bundle: str, repository_form: bool) -> None:
             print(f"[zoo-ci] {list_name} += {bundle}: {reasons[bundle]}")
 
 
+def extend_net_ids(bundle: str) -> None:
+    """Give the zoo's checks ``bundle``'s net id from ``exclusions.json``'s ``custom_net_config_dict``.
+
+    The dict goes into ``bundle_custom_data`` (created there, as the pinned copy has none), and the pinned
+    ``verify_bundle._get_net_id`` answers from it for ``bundle`` (its own answer for every other bundle).
+    """
+    import bundle_custom_data
+    import verify_bundle
+
+    entry = json.loads((HERE / "exclusions.json").read_text()).get("custom_net_config_dict", {}).get(bundle)
+    if entry is None:
+        return
+    if set(entry) != {"net_id", "reason"}:
+        raise ValueError(f"exclusions.json: custom_net_config_dict[{bundle!r}] needs exactly 'net_id' and 'reason'")
+    custom = getattr(bundle_custom_data, "custom_net_config_dict", None)
+    if custom is None:
+        custom = bundle_custom_data.custom_net_config_dict = {}
+    custom[bundle] = {"net_id": entry["net_id"]}
+    zoo_get_net_id = verify_bundle._get_net_id
+
+    def _get_net_id(name: str) -> str:
+        return custom[name]["net_id"] if name in custom else zoo_get_net_id(name)
+
+    verify_bundle._get_net_id = _get_net_id
+    print(f"[zoo-ci] custom_net_config_dict[{bundle}] = {custom[bundle]}: {entry['reason']}")
+
+
 def prepare(models: Path, bundle: str) -> None:
     """What the zoo's CI writes before verifying: model_info.json and the bundle's eval/schema.json."""
     metadata = json.loads((models / bundle / "configs" / "metadata.json").read_text())
@@ -60,6 +95,7 @@ def main() -> None:
     sys.path.insert(0, str(ZOO_CI))
     prepare(args.models.resolve(), args.bundle)
     extend_exclusions(args.bundle, args.repository_form)
+    extend_net_ids(args.bundle)
     import verify_bundle
 
     verify_bundle.verify(args.bundle, str(args.models.resolve()), args.mode)

@@ -4,7 +4,7 @@ the zoo's `verify_bundle.py` (min and full) on the zip rebuilt with the demo-tra
 from __future__ import annotations
 
 import pytest
-from zoo_zip import DEMO, packaged, run_in_bundle, zoo_checks
+from zoo_zip import packaged, train_demo, zoo_checks
 
 NAME = "report_gen"
 
@@ -12,8 +12,7 @@ NAME = "report_gen"
 @pytest.mark.slow
 def test_zip_trains_and_passes_the_zoo_checks(tmp_path):
     bundle = packaged(NAME, tmp_path, tag="plain")
-    run_in_bundle(bundle, ("train", "demo"), *DEMO[NAME])
-    model = bundle / "models" / "model.pt"
+    model = train_demo(bundle, NAME)
     assert model.is_file(), f"the demo training of the {NAME} zip wrote no models/model.pt (training writes it)"
     released = packaged(NAME, tmp_path, model=model, tag="released")
     output = zoo_checks(released.parent, NAME, "min", "full")
