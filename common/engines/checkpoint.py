@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ import ignite.distributed as idist
 import torch
 from common.data.atomic_io import atomic_path
 from common.weights.fingerprint import check_base_record
+from common.weights.pickle_refusal import pickle_refusal
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from safetensors import SafetensorError, safe_open
@@ -183,7 +186,20 @@ def save_model_pt(state_dict: Mapping[str, torch.Tensor], path: str | Path, meta
 
 
 def _read_model_pt(path: Path) -> dict[str, Any]:
-    content = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or not ours
+        raise ValueError(
+            f"checkpoint {path} is not a readable torch file (not a zip archive): damaged or cut short; train again, "
+            "or restore it from a copy"
+        )
+    try:
+        content = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # more than tensors and strings: never unpickled
+        raise ValueError(pickle_refusal(path, err, "write it again with the bundle's training")) from None
+    except (RuntimeError, EOFError, OSError) as err:  # not a torch zip file, or one cut short
+        raise ValueError(
+            f"checkpoint {path} is not a readable torch file ({err}): damaged or cut short; train again, or restore "
+            "it from a copy"
+        ) from None
     if not isinstance(content, Mapping) or not isinstance(content.get(MODEL_PT_STATE_KEY), Mapping):
         raise ValueError(
             f"{path}: expected {{'{MODEL_PT_STATE_KEY}': state_dict, '{MODEL_PT_RECORD_KEY}': record}} as the save "

@@ -110,7 +110,7 @@ def test_failed_bundle_run_ends_with_the_bad_input(tmp_path, bundle, configs, fa
         rows[1]["image"] = "images/page.png"
     write_manifest(rows, manifest)
     root = tmp_path / "bundle"
-    for name in ("models/model.safetensors", "eval/metrics.json"):  # written by an earlier run (a cut one here)
+    for name in ("models/model.pt", "eval/metrics.json"):  # written by an earlier run (a cut one here)
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(os.urandom(64))
     before = _digest(root)
@@ -120,5 +120,5 @@ def test_failed_bundle_run_ends_with_the_bad_input(tmp_path, bundle, configs, fa
     if fault == "image":
         assert f"{manifest}: row 2: field 'image': {page} is text, not an image" in lines[-1]
     else:
-        assert f"checkpoint {root / 'models' / 'model.safetensors'} is not a readable safetensors file" in lines[-1]
+        assert f"checkpoint {root / 'models' / 'model.pt'} is not a readable torch file" in lines[-1]
     assert {k: v for k, v in _digest(root).items() if k in before} == before

@@ -1,8 +1,9 @@
 """A run that could not score validation fails, and evaluate refuses a checkpoint trained on other data.
 
 The scenario of issue 11: a first real run in a bundle folder where the demo ran before. The demo's
-``models/model.safetensors`` is still there; a run whose validation is NaN on every epoch must say so and fail
-(leaving the file as it was), and the next evaluate must refuse that checkpoint, whose training data differ from
+``models/model.safetensors`` is still there; a run of other data in the same ``ckpt_dir`` is refused (resume: another
+run), and in its own ``ckpt_dir`` a run whose validation is NaN on every epoch must say so and fail (leaving the demo's
+file as it was), and the next evaluate must refuse that checkpoint, whose training data differ from
 the manifest given now, unless ``--allow_other_run_weights true``.
 """
 
@@ -59,8 +60,12 @@ def test_nan_validation_fails_and_evaluate_refuses_the_demo_checkpoint(tmp_path)
 
     manifest = _one_class_validation(tmp_path / "demo_data" / "manifest.csv", tmp_path / "real.csv")
     real = ("--manifest", str(manifest), "--num_epochs", "2")
-    output = _run_failing(tmp_path, ("train", "demo"), *real)
+    output = _run_failing(tmp_path, ("train", "demo"), *real)  # the same ckpt_dir: resume refuses another run
+    assert "holds another run of stage 'model'" in output.splitlines()[-1] and "--ckpt_dir" in output
+    assert best.read_bytes() == demo_bytes
+    output = _run_failing(tmp_path, ("train", "demo"), *real, "--ckpt_dir", str(tmp_path / "real_models"))
     assert "validation never produced a finite val_score (2 validation(s): nan, nan)" in output
+    assert not (tmp_path / "real_models" / "model.safetensors").exists()  # a NaN score is never "best"
     assert best.read_bytes() == demo_bytes  # the demo's best checkpoint is left as it was, not replaced
 
     output = _run_failing(tmp_path, ("train", "evaluate", "demo"), *real)
