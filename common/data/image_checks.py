@@ -129,11 +129,21 @@ def _check_nifti(path: Path) -> None:
         )
 
 
+def _check_npy(path: Path) -> None:
+    """A ``.npy`` header and a file long enough for it (mapped, not read); object arrays (pickles) are refused."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable .npy array ({err}); {_REPLACE}") from None
+    if array.size == 0:
+        raise ValueError(f"{path} is an empty array of shape {tuple(array.shape)}; {_REPLACE}")
+
+
 def check_image_file(path: str | Path, source: str = "image") -> None:
     """Read ``path`` cheaply and raise if a loader would fail on it or load it wrong.
 
     Args:
-        path: a PNG/JPG/BMP/TIFF, a DICOM file or series folder, or a NIfTI file.
+        path: a PNG/JPG/BMP/TIFF, a DICOM file or series folder, a NIfTI file, or a ``.npy`` array.
         source: the manifest row and field, for messages of the series check.
 
     Raises:
@@ -153,8 +163,10 @@ def check_image_file(path: str | Path, source: str = "image") -> None:
         _check_pil(path)
     elif path.suffix.lower() == ".dcm" or _starts_with(path, 128, b"DICM"):
         _check_dicom_file(path)
+    elif path.suffix.lower() == ".npy":  # an array already preprocessed (MONAI's NumpyReader)
+        _check_npy(path)
     else:
         raise ValueError(
             f"{path}: unsupported image type '{path.suffix or path.name}' (PNG, JPG, BMP, TIFF, DICOM file or "
-            "folder, NIfTI expected)"
+            "folder, NIfTI or .npy expected)"
         )
