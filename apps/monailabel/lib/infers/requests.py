@@ -54,6 +54,28 @@ def single_file(path: str, suffixes: Sequence[str]) -> str:
     return str(files[0])
 
 
+def one_row_manifest(path: str, suffixes: Sequence[str], scratch: Path) -> Path:
+    """A manifest of the request's one image (``id``: its file name), for bundles whose inference reads a manifest."""
+    manifest = scratch / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "image"], [Path(path).name, single_file(path, suffixes)]])
+    return manifest
+
+
+class BundleRequest:
+    """Defaults of a request adapter: what is kept warm, the image types, and no per-request objects to reuse."""
+
+    warm: tuple[str, ...] = ("device", "network")
+    suffixes: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm")  # a radiograph: PNG/JPG or one DICOM file
+
+    def objects(self, overrides: Mapping[str, Any], default_names: Sequence[str]) -> dict[str, Any]:
+        """Objects built by an earlier request to put into this request's parser (none by default)."""
+        return {}
+
+    def remember(self, parser, overrides: Mapping[str, Any], default_names: Sequence[str]) -> None:
+        """Keep what this request built for later ones (nothing by default)."""
+
+
 class CachedPromptIteration(ZeroShotIteration):
     """The bundle's zero-shot iteration, encoding its prompts once: the served model's weights never change, so the
     prompt latents of a class list are kept for every later request with that list (equal to re-encoding them)."""
@@ -65,7 +87,7 @@ class CachedPromptIteration(ZeroShotIteration):
         return self._cached_prompts
 
 
-class CTCLIPRequest:
+class CTCLIPRequest(BundleRequest):
     """ctclip_lora: a CT volume (NIfTI file or DICOM series folder) -> P(present) per pathology."""
 
     warm = ("device", "network", "tokenizer")
@@ -98,11 +120,8 @@ class CTCLIPRequest:
         return json.loads(files[0].read_text())
 
 
-class CLEFTRequest:
+class CLEFTRequest(BundleRequest):
     """cleft_cxr: a chest X-ray (PNG/JPG or one DICOM file) -> class probabilities for the label set."""
-
-    warm = ("device", "network")
-    suffixes = (".png", ".jpg", ".jpeg", ".dcm")
 
     def overrides(self, path: str, params: Mapping[str, Any], scratch: Path) -> dict[str, Any]:
         out = {"input_files": [single_file(path, self.suffixes)], "output_path": str(scratch / "predictions.json")}
@@ -111,35 +130,20 @@ class CLEFTRequest:
             out["label_set"] = names
         return out
 
-    def objects(self, overrides, default_names):
-        return {}
-
-    def remember(self, parser, overrides, default_names) -> None:
-        pass
-
     def read(self, scratch: Path) -> dict[str, Any]:
         record = json.loads((scratch / "predictions.json").read_text())
         return {"class_names": record["class_names"], **record["predictions"][0]}
 
 
-class ReportGenRequest:
+class ReportGenRequest(BundleRequest):
     """report_gen: a chest X-ray -> a draft report, with the generation settings of the bundle's config."""
 
     warm = ("device", "network", "tokenizer")
-    suffixes = (".png", ".jpg", ".jpeg", ".dcm")
 
     def overrides(self, path: str, params: Mapping[str, Any], scratch: Path) -> dict[str, Any]:
-        manifest = scratch / "manifest.csv"
-        with manifest.open("w", newline="") as handle:
-            csv.writer(handle).writerows([["id", "image"], [Path(path).name, single_file(path, self.suffixes)]])
+        manifest = one_row_manifest(path, self.suffixes, scratch)
         return {"dataset_dir": str(scratch), "manifest": str(manifest), "inference_split": None,
                 "output_dir": str(scratch), "output_prefix": "inference"}  # fmt: skip
-
-    def objects(self, overrides, default_names):
-        return {}
-
-    def remember(self, parser, overrides, default_names) -> None:
-        pass
 
     def read(self, scratch: Path) -> dict[str, Any]:
         lines = [json.loads(line) for line in (scratch / "inference.jsonl").read_text().splitlines() if line.strip()]
@@ -162,30 +166,21 @@ def top_k(params: Mapping[str, Any], key: str = "retrieval_top_k") -> int | None
     return int(value)
 
 
-class ProjectionRequest:
+class ProjectionRequest(BundleRequest):
     """frozen_projection: an image -> the reports of the retrieval manifest nearest to its projected embedding
     (the bundle's ``retrieval_manifest``, given at start-up; ``params.retrieval_top_k`` changes the count)."""
 
     # the frozen encoders are built per request, after the bundle's set_determinism (a config-built encoder's
     # random weights depend on it, and the checkpoint's base record checks them)
     warm = ("device", "network")
-    suffixes = (".png", ".jpg", ".jpeg", ".dcm")
 
     def overrides(self, path: str, params: Mapping[str, Any], scratch: Path) -> dict[str, Any]:
-        manifest = scratch / "manifest.csv"
-        with manifest.open("w", newline="") as handle:
-            csv.writer(handle).writerows([["id", "image"], [Path(path).name, single_file(path, self.suffixes)]])
+        manifest = one_row_manifest(path, self.suffixes, scratch)
         out: dict[str, Any] = {"input_manifest": str(manifest), "output_dir": str(scratch)}
         k = top_k(params)
         if k is not None:
             out["retrieval_top_k"] = k
         return out
-
-    def objects(self, overrides, default_names):
-        return {}
-
-    def remember(self, parser, overrides, default_names) -> None:
-        pass
 
     def read(self, scratch: Path) -> dict[str, Any]:
         path = scratch / "retrieval.json"
