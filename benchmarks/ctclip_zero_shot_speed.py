@@ -35,6 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build_model(args: argparse.Namespace) -> CTCLIP:
+    """The CT-CLIP architecture at the size of ``args`` (dim, image_size, patch sizes, text_dim, text_layers), seeded."""
     torch.manual_seed(0)
     ctvit = CTViT(
         dim=args.dim,
@@ -45,14 +46,14 @@ def build_model(args: argparse.Namespace) -> CTCLIP:
         spatial_depth=4,
         temporal_depth=4,
         dim_head=32,
-        heads=args.dim // 32,
+        heads=max(1, args.dim // 32),
     )
     bert = BertModel(
         BertConfig(
             vocab_size=30522,
             hidden_size=args.text_dim,
             num_hidden_layers=args.text_layers,
-            num_attention_heads=args.text_dim // 64,
+            num_attention_heads=max(1, args.text_dim // 64),
             intermediate_size=4 * args.text_dim,
             max_position_embeddings=512,
             hidden_dropout_prob=0.25,
