@@ -6,6 +6,7 @@ Shared by the bundles' end-to-end tests (importable because ``tests/`` holds the
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,19 @@ def run_command(args: Sequence[str], cwd: Path = REPO_ROOT, timeout: int = 600) 
     """Run ``args``; a non-zero exit fails the test with the tail of its output."""
     result = subprocess.run(list(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}\n"
+            f"exceptions raised (each rank's, in order):\n{exception_lines(result.stderr)}"
+        )
     return result
+
+
+def exception_lines(stderr: str, limit: int = 40) -> str:
+    """The distinct ``SomeError: message`` lines of ``stderr``: under torchrun the root cause of a failure is often
+    far above the tail a failure message can show (the other rank's traceback and the launcher's summary follow it)."""
+    pattern = re.compile(r"^(?:\[rank\d+\]:\s*)?[\w.]*(?:Error|Exception|Interrupt)\b.*")
+    seen = dict.fromkeys(m.group(0) for line in stderr.splitlines() if (m := pattern.match(line.strip())))
+    return "\n".join(list(seen)[:limit]) or "(none)"
 
 
 def run_bundle(

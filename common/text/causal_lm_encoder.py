@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from common.peft.lora import apply_lora
 from common.weights.hf_loading import enable_activation_checkpointing, load_or_build_model, load_tokenizer
@@ -47,6 +48,7 @@ def default_lora_targets(model_type: str) -> list[str]:
     return list(targets)
 
 
+@idist.one_rank_first()  # under DDP rank 0 trains and saves it; the others then load that folder, never half-written
 def train_bpe_tokenizer(
     texts: Iterable[str], vocab_size: int = 512, save_dir: str | Path | None = None, eos_token: str = "<|endoftext|>"
 ) -> PreTrainedTokenizerFast:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from common.data.atomic_io import write_json_atomic
 from common.data.manifest import ManifestError, load_manifest
@@ -92,6 +93,9 @@ def load_report_rows(
     return kept[:max_rows] if max_rows else kept
 
 
+# under DDP rank 0 builds and saves the demo tokenizer first and the other ranks then load it: without the barrier a
+# rank could read the folder half-written (tokenizer.json saved, built_from.json not yet) or write it at the same time
+@idist.one_rank_first()
 def load_or_build_tokenizer(
     tokenizer_path: str | Path | None,
     demo_rows: Sequence[dict[str, Any]] | None = None,
