@@ -149,7 +149,10 @@ class ContinuousPositionBias(nn.Module):
     def forward(self, *dims: int, device: torch.device | None = None) -> torch.Tensor:
         """Args: dims grid sizes (h, w). Returns the bias (heads, h*w, h*w) in float32."""
         device = device if device is not None else self.net[-1].weight.device
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        # a trace records the MLP (a cached tensor would become a constant of one trace and not of its check)
+        needs_grad = torch.jit.is_tracing() or (
+            torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        )
         key = self._cache_key(tuple(dims), device)
         if not needs_grad and self._cache is not None and self._cache[0] == key:
             return self._cache[1]

@@ -29,7 +29,7 @@ from transformers import BertConfig, BertModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CTCLIP", "CXR_BERT_CONFIG", "pair_logits", "zero_shot_probabilities"]
+__all__ = ["CTCLIP", "CTCLIPImageTower", "CXR_BERT_CONFIG", "pair_logits", "zero_shot_probabilities"]
 
 #: microsoft/BiomedVLP-CXR-BERT-specialized as a plain ``BertModel`` (CT-CLIP discards the CXR-BERT head).
 CXR_BERT_CONFIG: dict[str, Any] = {
@@ -186,12 +186,11 @@ class CTCLIP(nn.Module):
 
     def pooled_image_features(self, volume: torch.Tensor) -> torch.Tensor:
         """Args: volume (B, 1, D, H, W). Returns the flattened slab-mean of the post-VQ tokens (B, h*w*dim)."""
-        tokens = self.visual_transformer(volume)
-        return tokens.mean(dim=1).reshape(tokens.shape[0], -1)
+        return _pooled_image_features(self.visual_transformer, volume)
 
     def encode_volume(self, volume: torch.Tensor) -> torch.Tensor:
         """Args: volume (B, 1, D, H, W). Returns L2-normalised image latents (B, dim_latent)."""
-        return F.normalize(self.to_visual_latent(self.pooled_image_features(volume)), dim=-1)
+        return _image_latents(self.visual_transformer, self.to_visual_latent, volume)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Args: input_ids, attention_mask (B, L). Returns L2-normalised text latents (B, dim_latent)."""
@@ -222,6 +221,43 @@ class CTCLIP(nn.Module):
                 f"CTCLIP batch holds none of 'image', 'input_ids', 'prompt_input_ids'; keys: {sorted(batch)}"
             )
         return out
+
+
+def _pooled_image_features(visual_transformer: CTViT, volume: torch.Tensor) -> torch.Tensor:
+    tokens = visual_transformer(volume)
+    return tokens.mean(dim=1).reshape(tokens.shape[0], -1)
+
+
+def _image_latents(visual_transformer: CTViT, to_visual_latent: nn.Module, volume: torch.Tensor) -> torch.Tensor:
+    return F.normalize(to_visual_latent(_pooled_image_features(visual_transformer, volume)), dim=-1)
+
+
+class CTCLIPImageTower(nn.Module):
+    """The image path of a (trained) CT-CLIP as one tensor-in, tensor-out module: volumes -> image latents.
+
+    Holds the very ``visual_transformer`` and ``to_visual_latent`` modules of ``network`` (its LoRA layers and
+    loaded weights included, not copies), for MONAI's ``verify_net_in_out`` and ``torch.jit.trace``. Traced in
+    ``eval()`` without gradients it is a pure tensor function: patch embedding, the spatial and temporal
+    transformers (with their adapters), the frozen VQ's nearest-code lookup (cosine similarity, top-1 code row),
+    the slab mean, ``to_visual_latent`` and L2 normalisation. Left out, as Python branches fixed at trace time: the
+    codebook's EMA update (off in every bundle run), the straight-through estimator of training and the input
+    shape check of :meth:`CTViT.check_volume` (a traced module does not check its input).
+
+    Args:
+        network: a :class:`CTCLIP`, or the PEFT model wrapping one (``apply_ctclip_lora``), DDP-unwrapped.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        clip = network.get_base_model() if hasattr(network, "get_base_model") else network
+        if not isinstance(clip, CTCLIP):
+            raise TypeError(f"CTCLIPImageTower needs a CTCLIP (or its PEFT model); got {type(clip).__name__}")
+        self.visual_transformer = clip.visual_transformer
+        self.to_visual_latent = clip.to_visual_latent
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """Args: volume (B, 1, D, H, W), D a multiple of the temporal patch size. Returns latents (B, dim_latent)."""
+        return _image_latents(self.visual_transformer, self.to_visual_latent, volume)
 
 
 def pair_logits(image_latents: torch.Tensor, prompt_latents: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

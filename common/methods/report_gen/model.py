@@ -21,7 +21,7 @@ from common.weights.hf_loading import enable_activation_checkpointing, load_or_b
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-__all__ = ["ReportGenerator"]
+__all__ = ["ReportGenerator", "SoftPromptTower"]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -106,10 +106,7 @@ class ReportGenerator(nn.Module):
 
     def soft_prompts(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images -> ``(B, N, D_llm)`` soft visual prompt tokens."""
-        vision_trainable = any(p.requires_grad for p in self.vision_encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and vision_trainable):
-            visual = self.vision_encoder(images)
-        return self.projector(visual.to(self.projector.norm.weight.dtype))
+        return _soft_prompts(self.vision_encoder, self.projector, images)
 
     def input_embeddings(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The LLM's input embeddings of ``batch["input_ids"]`` with the soft prompts at ``image_token_mask``.
@@ -189,3 +186,35 @@ class ReportGenerator(nn.Module):
                 pad_token_id=pad,
                 **generate_kwargs,
             )
+
+
+def _soft_prompts(vision_encoder: nn.Module, projector: VisualProjector, images: torch.Tensor) -> torch.Tensor:
+    vision_trainable = any(p.requires_grad for p in vision_encoder.parameters())
+    with torch.set_grad_enabled(torch.is_grad_enabled() and vision_trainable):
+        visual = vision_encoder(images)
+    return projector(visual.to(projector.norm.weight.dtype))
+
+
+class SoftPromptTower(nn.Module):
+    """The image path of a (trained) report generator as one tensor-in, tensor-out module, channel first.
+
+    Holds the very ``vision_encoder`` (with its LoRA, if trained with one) and ``projector`` of ``network``, so
+    the weights of ``models/model.pt`` apply, for MONAI's ``verify_net_in_out`` and ``torch.jit.trace``: images
+    ``(B, C, H, W)`` -> soft visual prompts ``(B, D_llm, N)``, the transpose of the ``(B, N, D_llm)`` tokens the LLM
+    receives (MONAI's shape check reads the channel count at dimension 1). The LLM and the prompt placement are
+    left out (token sequences and ``generate``).
+
+    Args:
+        network: a :class:`ReportGenerator` (DDP-unwrapped).
+    """
+
+    def __init__(self, network: ReportGenerator) -> None:
+        super().__init__()
+        if not isinstance(network, ReportGenerator):
+            raise TypeError(f"SoftPromptTower needs a ReportGenerator; got {type(network).__name__}")
+        self.vision_encoder = network.vision_encoder
+        self.projector = network.projector
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Args: images (B, C, H, W). Returns soft prompts (B, D_llm, N), N visual tokens."""
+        return _soft_prompts(self.vision_encoder, self.projector, images).transpose(1, 2)
