@@ -169,7 +169,7 @@ class VolumeCacheDataset(PersistentDataset):
         description = json.loads((entry / self.ENTRY_FILE).read_text())
         item = torch.load(entry / self.REST_FILE, weights_only=self.weights_only)
         for key, info in description["arrays"].items():
-            stored = np.load(entry / info["file"], mmap_mode="c", allow_pickle=False)
+            stored = np.load(entry / info["file"], mmap_mode="r", allow_pickle=False)
             value = decode_array(stored, info)
             meta = item.pop(f"__meta__{key}", None)
             item[key] = MetaTensor(value, meta=meta) if self.track_meta and meta is not None else value

@@ -12,15 +12,18 @@ is used only when no HU grid is known. Integer and other arrays are stored as th
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
 from monai.transforms import Compose, RandomizableTrait, ScaleIntensityRanged, Transform
 
-__all__ = ["decode_array", "encode_array", "find_hu_grid", "hu_grid_to_values"]
+__all__ = ["decode_array", "encode_array", "find_hu_grid", "hu_grid_decoder", "hu_grid_to_values"]
 
 FLOAT16_MAX = 65504.0
 _CHUNK = 1 << 22
+# int16 codes per step of the decode: the step's float32 (512 KiB) stays in the L2 cache through the whole ufunc chain
+_DECODE_CHUNK = 1 << 17
 
 
 def find_hu_grid(transform: Callable, key: Hashable) -> tuple[float, float, float, float] | None:
@@ -110,12 +113,90 @@ def encode_array(tensor: torch.Tensor, grid: Sequence[float] | None) -> tuple[np
     return np.ascontiguousarray(stored), info
 
 
+def _ufunc_steps(grid: Sequence[float], steps_per_hu: int, reduced: bool) -> Callable:
+    """``steps(codes, out)``: :func:`hu_grid_to_values` of int16 ``codes`` without its final clamp, written into the
+    float32 ``out`` by numpy ufuncs in place.
+
+    ``reduced`` folds the exact steps (the cast, the division by a power of two, the multiplication by
+    ``b_max - b_min``) into one offset and one divisor: 3 ufuncs instead of 5.
+    """
+    a_min, a_max, b_min, b_max = (np.float64(v) for v in grid)
+    f32 = np.float32
+    if reduced:
+        offset, divisor = f32(-a_min * steps_per_hu), f32(steps_per_hu * (a_max - a_min) / (b_max - b_min))
+
+        def steps(codes: np.ndarray, out: np.ndarray) -> None:
+            np.copyto(out, codes, casting="safe")  # the plain cast loop: 3x faster than a casting np.add
+            np.add(out, offset, out=out)
+            np.divide(out, divisor, out=out)
+            np.add(out, f32(b_min), out=out)
+
+        return steps
+
+    def steps(codes: np.ndarray, out: np.ndarray) -> None:  # hu_grid_to_values' steps, one for one
+        np.divide(codes, f32(steps_per_hu), out=out, dtype=f32)
+        np.subtract(out, f32(a_min), out=out)
+        np.divide(out, f32(a_max - a_min), out=out)
+        np.multiply(out, f32(b_max - b_min), out=out)
+        np.add(out, f32(b_min), out=out)
+
+    return steps
+
+
+@lru_cache(maxsize=64)
+def hu_grid_decoder(grid: tuple[float, float, float, float], steps_per_hu: int = 1) -> Callable | None:
+    """``decode(codes, out)``: the fastest numpy ufunc chain that gives :func:`hu_grid_to_values` bit for bit.
+
+    The decoded value is a function of the stored code alone, so checking all 65,536 int16 codes once per grid
+    proves the chain equal to the reference on every volume. The clamp (the chain's dearest ufunc) is skipped for
+    a chunk whose codes all lie in the encoder's range ``[a_min, a_max] * steps_per_hu`` when the unclamped chain
+    equals the reference on every code of that range. The function's ``reduced`` and ``unclamped_codes`` (the
+    ``(first, last)`` codes that skip the clamp, or None) say which chain it is. Returns None when no chain matches
+    (then :func:`decode_array` uses :func:`hu_grid_to_values` itself).
+    """
+    codes = np.arange(65536, dtype=np.uint16).view(np.int16)
+    reference = hu_grid_to_values(torch.from_numpy(codes), grid, steps_per_hu).numpy().view(np.uint32)
+    low, high = np.float32(grid[2]), np.float32(grid[3])
+    first = int(np.clip(np.ceil(min(grid[0], grid[1]) * steps_per_hu), -32768, 32767))
+    last = int(np.clip(np.floor(max(grid[0], grid[1]) * steps_per_hu), -32768, 32767))
+    in_range = (codes >= first) & (codes <= last)
+    unclamped = np.empty(codes.shape, dtype=np.float32)
+    for reduced in (True, False):
+        steps = _ufunc_steps(grid, steps_per_hu, reduced)
+        steps(codes, unclamped)
+        if not np.array_equal(np.clip(unclamped, low, high).view(np.uint32), reference):
+            continue
+        bounds = (first, last) if np.array_equal(unclamped.view(np.uint32)[in_range], reference[in_range]) else None
+
+        def decode(chunk: np.ndarray, out: np.ndarray, steps: Callable = steps, bounds: tuple | None = bounds) -> None:
+            steps(chunk, out)
+            if bounds is None or chunk.min(initial=bounds[0]) < bounds[0] or chunk.max(initial=bounds[1]) > bounds[1]:
+                np.clip(out, low, high, out=out)
+
+        decode.reduced, decode.unclamped_codes = reduced, bounds  # which chain; the codes that skip the clamp
+        return decode
+    return None
+
+
 def decode_array(stored: np.ndarray, info: dict) -> torch.Tensor:
-    """A fresh tensor of ``info["decoded_dtype"]`` from a stored (memory-mapped, copy-on-write) array."""
-    source = torch.from_numpy(stored)
-    if info.get("hu_grid") is not None:
-        return hu_grid_to_values(source, info["hu_grid"], info.get("steps_per_hu", 1))
-    dtype = getattr(torch, info["decoded_dtype"])
-    if source.dtype == dtype:
-        return source.clone()
-    return source.to(dtype)
+    """A fresh tensor of ``info["decoded_dtype"]`` from a stored (memory-mapped) array, in one pass over it.
+
+    The output is allocated by numpy, which asks the kernel for huge pages on large buffers (faulting in a
+    221 MB ``torch.empty`` 4 KiB at a time took 5x as long on the benchmark's machine), and filled
+    ``_DECODE_CHUNK`` codes at a time, each chunk through the whole ufunc chain while it is in the cache.
+    HU-grid values equal :func:`hu_grid_to_values` bit for bit (:func:`hu_grid_decoder`).
+    """
+    source = np.asarray(stored)  # a plain ndarray view of the memory map (no copy)
+    out = np.empty(source.shape, dtype=np.dtype(info["decoded_dtype"]))
+    grid = info.get("hu_grid")
+    if grid is None:
+        np.copyto(out, source, casting="safe")
+        return torch.from_numpy(out)
+    steps_per_hu = int(info.get("steps_per_hu", 1))
+    decode = hu_grid_decoder(tuple(float(v) for v in grid), steps_per_hu)
+    if decode is None or out.dtype != np.float32 or source.dtype != np.int16:
+        return hu_grid_to_values(torch.from_numpy(np.array(source)), grid, steps_per_hu)
+    codes, values = source.reshape(-1), out.reshape(-1)
+    for start in range(0, codes.size, _DECODE_CHUNK):
+        decode(codes[start : start + _DECODE_CHUNK], values[start : start + _DECODE_CHUNK])
+    return torch.from_numpy(out)

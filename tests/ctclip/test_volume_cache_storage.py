@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+import common.data.volume_encoding as volume_encoding
 from common.data.ct_preprocessing import ct_clip_transforms
 from common.data.volume_cache import VolumeCacheDataset
-from common.data.volume_encoding import decode_array, encode_array
+from common.data.volume_encoding import decode_array, encode_array, hu_grid_decoder, hu_grid_to_values
 
 REAL_CT = ("ct", "totalseg_chest_cta", "ct_cropped.nii.gz")
 
@@ -64,6 +65,33 @@ def test_float16_without_a_hu_grid():
     assert stored.dtype == np.float16 and info["hu_grid"] is None
     decoded = decode_array(stored, info)
     assert decoded.dtype == torch.float32 and float((decoded - values).abs().max()) == info["max_abs_error"] <= 2e-3
+
+
+@pytest.mark.parametrize(
+    ("grid", "steps_per_hu", "reduced"),
+    [
+        ((-1000.0, 1000.0, -1.0, 1.0), 1, True),  # CT-CLIP's grid, integer HU
+        ((-1000.0, 1000.0, -1.0, 1.0), 32, True),  # CT-CLIP's grid, resampled (1/32-HU steps)
+        ((-1000.0, 1000.0, 0.0, 3.0), 32, False),  # the folded divisor rounds differently: hu_grid_to_values' steps
+        ((-1024.0, 3071.0, 0.0, 255.0), 1, False),
+    ],
+)
+def test_decode_equals_the_reference_on_every_code(tmp_path, monkeypatch, grid, steps_per_hu, reduced):
+    """Every int16 code, memory-mapped, decoded in chunks of which some need the clamp and some skip it."""
+    monkeypatch.setattr(volume_encoding, "_DECODE_CHUNK", 1000)  # 66 chunks, the last one partial
+    codes = np.arange(-32768, 32768, dtype=np.int16).reshape(1, 256, 256)
+    np.save(tmp_path / "codes.npy", codes)
+    stored = np.load(tmp_path / "codes.npy", mmap_mode="r")
+    info = {"decoded_dtype": "float32", "hu_grid": list(grid), "steps_per_hu": steps_per_hu}
+    decoded = decode_array(stored, info)
+    reference = hu_grid_to_values(torch.from_numpy(codes), grid, steps_per_hu)
+    assert decoded.dtype == torch.float32 and decoded.shape == (1, 256, 256)
+    assert torch.equal(decoded.view(torch.int32), reference.view(torch.int32))  # bit for bit, -0.0 included
+    chain = hu_grid_decoder(tuple(grid), steps_per_hu)
+    assert chain.reduced == reduced
+    assert chain.unclamped_codes == (grid[0] * steps_per_hu, min(grid[1] * steps_per_hu, 32767))
+    decoded += 1  # a fresh writable tensor: the cache file is untouched
+    assert np.array_equal(np.load(tmp_path / "codes.npy"), codes)
 
 
 def test_killed_build_leaves_nothing_readable_and_resumes(tmp_path):
