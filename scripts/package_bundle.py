@@ -9,7 +9,9 @@
 The zip holds ``<name>/`` with the bundle's configs, docs, LICENSE and large_files.yml, ``models/model.pt`` of a
 trained run (``--run``: the ``bundle_root`` a training ran in, whose ``models/model.pt`` training wrote; or
 ``--model``: that file itself, or a single-file ``.safetensors`` checkpoint training wrote, e.g. frozen_projection's
-and cleft_cxr's ``models/model.safetensors``, converted with its header as the base-model record), and the Python
+and cleft_cxr's ``models/model.safetensors``, converted with its header as the base-model record) with what else
+inference reads from that run's ``models/`` folder (``models/tokenizer/``, the tokenizer cleft_cxr's and
+report_gen's demo training builds from its reports; never base-model files), and the Python
 sources of ``common/`` vendored as the package ``<name>_common``:
 every ``common`` import in the vendored code and every ``common.`` reference in the configs is renamed, so two
 bundles loaded in one process (as a MONAI Label app does) each import their own copy, never the other's.
@@ -45,6 +47,10 @@ BUNDLE_FILES = ("configs", "docs", "LICENSE", "large_files.yml")
 VERSION_KEYS = {"monai_version": "monai", "pytorch_version": "torch", "numpy_version": "numpy"}
 # packages every bundle's metadata must list: MONAI's CLI runner needs fire
 REQUIRED_EVERYWHERE = ("fire",)
+# what inference reads from a trained run's ckpt_dir besides model.pt: the tokenizer the bundle's own training built
+# from its training reports when no tokenizer_path is given (cleft_cxr's and report_gen's demo); a base model's
+# tokenizer is read from its own folder and never copied there, so nothing third-party is carried
+RUN_FILES = ("tokenizer",)
 # "common" as an import or a dotted reference ("common.x", "import common"), never the English word
 _COMMON_REF = re.compile(r"(?<![\w.])common(?=\.[A-Za-z_])|(?<=import )common\b")
 
@@ -198,6 +204,21 @@ def _model_bytes(model: Path) -> bytes:
         return save_model_pt(state, Path(tmp) / "model.pt", record).read_bytes()
 
 
+def run_files(model: Path) -> list[tuple[Path, str]]:
+    """The files beside ``model`` (its run's ``ckpt_dir``) that inference needs: ``(file, path under models/)``.
+
+    Only the :data:`RUN_FILES` folders the bundle's training wrote there; resume states, per-stage folders, exports
+    and the safetensors copies of ``model.pt`` stay behind.
+    """
+    ckpt_dir = model.parent
+    files = []
+    for entry in RUN_FILES:
+        folder = ckpt_dir / entry
+        if folder.is_dir():
+            files += [(f, f.relative_to(ckpt_dir).as_posix()) for f in sorted(folder.rglob("*")) if f.is_file()]
+    return files
+
+
 def run_model(run: Path) -> Path:
     """The ``models/model.pt`` that training wrote in the run whose ``bundle_root`` is ``run``."""
     model = run / "models" / "model.pt"
@@ -215,7 +236,8 @@ def package(name: str, out_dir: Path, model: Path | None = None) -> Path:
     Args:
         name: a bundle folder under ``bundles/``.
         out_dir: where the zip goes (created when missing).
-        model: optional trained state dict, stored as ``<name>/models/model.pt``.
+        model: optional trained state dict, stored as ``<name>/models/model.pt``, with the :func:`run_files`
+            beside it (``models/tokenizer/`` where the run's training built one).
 
     Raises:
         FileNotFoundError: no such bundle, or ``model`` does not exist.
@@ -253,6 +275,8 @@ def package(name: str, out_dir: Path, model: Path | None = None) -> Path:
             archive.writestr(f"{name}/{package_name}/{relative}", code)
         if model is not None:
             archive.writestr(f"{name}/models/model.pt", _model_bytes(model))
+            for file, relative in run_files(model):
+                archive.write(file, f"{name}/models/{relative}")
     return target
 
 
@@ -262,7 +286,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "dist")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument(
-        "--run", type=Path, default=None, help="bundle_root of a trained run: ships its models/model.pt"
+        "--run", type=Path, default=None, help="bundle_root of a trained run: ships its models/model.pt (+ tokenizer/)"
     )
     weights.add_argument(
         "--model", type=Path, default=None, help="the models/model.pt (or .safetensors) a training wrote"

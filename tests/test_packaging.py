@@ -76,7 +76,8 @@ def test_package_download_and_run_standalone(tmp_path):
 
 def test_package_ships_the_model_pt_of_a_trained_run_with_its_record(tmp_path):
     """``--run <bundle_root>`` ships the run's ``models/model.pt`` as training wrote it (state dict and base-model
-    record, what inference.json loads); a bare state dict, with no record for inference to check, is refused."""
+    record, what inference.json loads) and the tokenizer its training built (``models/tokenizer/``), nothing else of
+    its ``models/``; a bare state dict, with no record for inference to check, is refused."""
     import torch
 
     from common.engines.checkpoint import read_checkpoint_metadata, read_trained_state, save_model_pt
@@ -84,11 +85,18 @@ def test_package_ships_the_model_pt_of_a_trained_run_with_its_record(tmp_path):
     state = {"image_head.net.0.weight": torch.randn(4, 3), "image_head.net.0.bias": torch.randn(4)}
     record = {"base_model_fingerprint": "f" * 64, "network": '{"image_dim": 3}'}
     save_model_pt(state, tmp_path / "run" / "models" / "model.pt", record)
+    run_files = {"tokenizer/tokenizer.json": "{}", "tokenizer/built_from.json": "{}", "resume/model.pt": "x"}
+    for relative, text in run_files.items():
+        (tmp_path / "run" / "models" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "run" / "models" / relative).write_text(text)
     script = [sys.executable, str(ROOT / "scripts" / "package_bundle.py"), "frozen_projection"]
     packaged = _run([*script, "--out", str(tmp_path / "dist"), "--run", str(tmp_path / "run")], ROOT)
     archive = Path(packaged.stdout.strip())
     with zipfile.ZipFile(archive) as zipped:
         zipped.extract("frozen_projection/models/model.pt", tmp_path / "out")
+        models = sorted(n for n in zipped.namelist() if n.startswith("frozen_projection/models/"))
+    expected = ["model.pt", "tokenizer/built_from.json", "tokenizer/tokenizer.json"]
+    assert models == [f"frozen_projection/models/{n}" for n in expected]
     shipped = tmp_path / "out" / "frozen_projection" / "models" / "model.pt"
     assert torch.load(shipped, weights_only=True).keys() == {"model", "base_record"}
     assert read_checkpoint_metadata(shipped) == record
