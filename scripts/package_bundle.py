@@ -182,9 +182,10 @@ def rename_common_code(code: str, package: str) -> str:
 def _model_bytes(model: Path) -> bytes:
     """``model`` as the bytes of the model zoo's ``models/model.pt``, as training writes it.
 
-    ``{"model": state_dict, "base_record": {str: str}}`` (tensors and strings, read with ``weights_only=True``):
-    a ``model.pt`` written by training is checked and shipped with its record; a ``.safetensors`` file written by
-    training becomes one, its header (the same base-model record) as ``base_record``.
+    The network's own flat state dict, its base-model record in the state dict's ``_metadata[""]["base_record"]``
+    (tensors and strings, read with ``weights_only=True``): a ``model.pt`` written by training (or in the earlier
+    nested form) is checked and written again in this form; a ``.safetensors`` file written by training becomes one,
+    its header (the same base-model record) as the record.
     """
     import tempfile
 

@@ -79,7 +79,7 @@ def test_frozen_projection_image_head_passes_verify_net_in_out_and_traces(tmp_pa
     assert io["inputs"]["image"]["num_channels"] == model.image_head.in_dim  # metadata describes the demo weights
     assert "verified with no error" in _verify_net_in_out("frozen_projection", tmp_path)
     head = _parsed("frozen_projection", tmp_path).get_parsed_content("traceable_network_def")
-    torch.testing.assert_close(head.net[0].weight, model.image_head.net[0].weight)  # the trained weights
+    torch.testing.assert_close(head.image_head.net[0].weight, model.image_head.net[0].weight)  # the trained weights
     width = io["inputs"]["image"]["num_channels"]
     _trace_equals_eager(head, torch.randn(4, width), torch.randn(7, width))
 

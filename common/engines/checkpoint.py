@@ -13,9 +13,13 @@ MONAI's handler lists call, and :class:`~common.engines.save_handler.TrainedWeig
      "score_function": "$common.engines.checkpoint.metric_score('val_score')"}
 
 Loading never unpickles arbitrary objects: ``safetensors``, or the model-zoo's ``models/model.pt`` (written by the
-save handler beside the safetensors file: ``{"model": state_dict, "base_record": {...}}``, tensors and strings only,
-read with ``torch.load(weights_only=True)``, and what MONAI's ``CheckpointLoader(load_dict={"model": net})`` reads);
-either way the recorded base-model fingerprint is checked.
+save handler beside the safetensors file, read with ``torch.load(weights_only=True)``); either way the recorded
+base-model fingerprint is checked. ``model.pt`` is the network's own flat state dict, as every model-zoo bundle ships
+it, so MONAI's ``CheckpointLoader(load_dict={"model": net})`` and ``ckpt_export`` (no ``key_in_ckpt``) load it,
+strictly where it holds the whole network. Its base-model record rides in the state dict's own metadata (where
+PyTorch keeps each module's ``version``, and which ``load_state_dict`` passes by):
+``state_dict._metadata[""]["base_record"]``, without local paths
+(:func:`~common.weights.fingerprint.portable_record`), read by :func:`read_checkpoint_metadata`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import logging
 import math
 import pickle
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,7 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from common.data.atomic_io import atomic_path
-from common.weights.fingerprint import check_base_record
+from common.weights.fingerprint import check_base_record, portable_record
 from common.weights.pickle_refusal import pickle_refusal
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
@@ -167,25 +172,30 @@ def save_safetensors(
     return path
 
 
-MODEL_PT_STATE_KEY = "model"  # the key MONAI's CheckpointLoader(load_dict={"model": net}) reads
-MODEL_PT_RECORD_KEY = "base_record"
+MODEL_PT_RECORD_KEY = "base_record"  # in the root module's entry of the state dict's _metadata
+_NESTED_STATE_KEY = "model"  # the earlier form {"model": state_dict, "base_record": record}, still read
 
 
 def save_model_pt(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, Any]) -> Path:
-    """Write the model-zoo's ``model.pt`` atomically: ``{"model": state_dict, "base_record": {str: str}}``.
+    """Write the model-zoo's ``model.pt`` atomically: ``state_dict`` flat, its record in ``_metadata[""]``.
 
-    Only tensors and strings, so ``torch.load(path, weights_only=True)`` reads it; the record holds the same
-    entries as the safetensors header (base-model fingerprint and name, method, score).
+    Only tensors and strings, so ``torch.load(path, weights_only=True)`` reads it (an ``OrderedDict`` with its
+    ``_metadata``, as ``module.state_dict()`` returns). The record holds the same entries as the safetensors header
+    (base-model fingerprint and name, method, configs, score), every local path cut to its last component
+    (:func:`~common.weights.fingerprint.portable_record`): the file is what a bundle ships.
     """
     path = Path(path)
-    record = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in metadata.items()}
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    record = portable_record({k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in metadata.items()})
+    state = OrderedDict((k, v.detach().cpu().contiguous().clone()) for k, v in state_dict.items())
+    state._metadata = OrderedDict(getattr(state_dict, "_metadata", None) or {})  # type: ignore[attr-defined]
+    state._metadata[""] = {**state._metadata.get("", {}), MODEL_PT_RECORD_KEY: record}  # type: ignore[attr-defined]
     with atomic_path(path) as tmp:
-        torch.save({MODEL_PT_STATE_KEY: state, MODEL_PT_RECORD_KEY: record}, str(tmp))
+        torch.save(state, str(tmp))
     return path
 
 
-def _read_model_pt(path: Path) -> dict[str, Any]:
+def _read_model_pt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, record) of a ``model.pt``: the flat form :func:`save_model_pt` writes, or the earlier nested one."""
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or not ours
         raise ValueError(
             f"checkpoint {path} is not a readable torch file (not a zip archive): damaged or cut short; train again, "
@@ -200,23 +210,28 @@ def _read_model_pt(path: Path) -> dict[str, Any]:
             f"checkpoint {path} is not a readable torch file ({err}): damaged or cut short; train again, or restore "
             "it from a copy"
         ) from None
-    if not isinstance(content, Mapping) or not isinstance(content.get(MODEL_PT_STATE_KEY), Mapping):
-        raise ValueError(
-            f"{path}: expected {{'{MODEL_PT_STATE_KEY}': state_dict, '{MODEL_PT_RECORD_KEY}': record}} as the save "
-            f"handler writes it; got keys {sorted(content)[:10] if isinstance(content, Mapping) else type(content)}"
-        )
-    return dict(content)
+    if isinstance(content, Mapping) and all(isinstance(v, torch.Tensor) for v in content.values()):
+        root = (getattr(content, "_metadata", None) or {}).get("", {})
+        return dict(content), dict(root.get(MODEL_PT_RECORD_KEY) or {})
+    if isinstance(content, Mapping) and isinstance(content.get(_NESTED_STATE_KEY), Mapping):
+        return dict(content[_NESTED_STATE_KEY]), dict(content.get(MODEL_PT_RECORD_KEY) or {})  # written before 0.2.0
+    raise ValueError(
+        f"{path}: expected a flat state dict (tensor values, as training writes models/model.pt); got "
+        f"{sorted(content)[:10] if isinstance(content, Mapping) else type(content).__name__}: write it again with "
+        "the bundle's training or scripts/package_bundle.py --model"
+    )
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
-    """The base-model record of ``path``: the safetensors header, or the ``base_record`` of a ``model.pt``.
+    """The base-model record of ``path``: the safetensors header, or the ``base_record`` of a ``model.pt``
+    (``state_dict._metadata[""]``; a ``model.pt`` re-saved without it records nothing, which loading refuses).
 
     A missing file, or one that is not a readable checkpoint, is an error naming it.
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (train first, or set the checkpoint path)")
     if Path(path).suffix == ".pt":
-        return dict(_read_model_pt(Path(path)).get(MODEL_PT_RECORD_KEY) or {})
+        return _read_model_pt(Path(path))[1]
     try:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
@@ -228,9 +243,9 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
 
 
 def read_trained_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint: a safetensors file, or the ``model`` entry of a ``model.pt``."""
+    """The tensors of a checkpoint: a safetensors file, or a ``model.pt``."""
     if Path(path).suffix == ".pt":
-        return dict(_read_model_pt(Path(path))[MODEL_PT_STATE_KEY])
+        return _read_model_pt(Path(path))[0]
     return load_file(str(path))
 
 

@@ -14,7 +14,7 @@ the file name Ignite gives it:
   ``base_models.json`` holds the record, so ``PeftModel.from_pretrained(base, folder)`` keeps working unchanged.
 
 ``model_pt`` names the file (as Ignite names it, e.g. ``model.safetensors``) that is also written as the model-zoo's
-``models/model.pt`` (:func:`~common.engines.checkpoint.save_model_pt`: the same tensors and record, for
+``models/model.pt`` (:func:`~common.engines.checkpoint.save_model_pt`: the same tensors and record, paths cut, for
 ``torch.load(weights_only=True)`` and MONAI's ``CheckpointLoader``), so every writer of weights is this handler.
 
 A superseded file is removed only after its replacement is complete, so a crash leaves the previous best; what a

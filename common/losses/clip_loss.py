@@ -31,7 +31,8 @@ class LogitScale(nn.Module):
         temperature_init: the initial temperature tau (not its inverse); CLIP uses 0.07. Checked by
             :func:`~common.losses.temperature.check_temperature`.
         max_scale: upper clamp of the scale ``1/tau``; CLIP uses 100.
-        learnable: whether the scale is a trainable parameter (else a buffer).
+        learnable: whether the scale is a trainable parameter; else a non-persistent buffer (a constant of
+            ``temperature_init``, rebuilt with the module, so a state dict holds only what trains).
     """
 
     def __init__(self, temperature_init: float = 0.07, max_scale: float = 100.0, learnable: bool = True) -> None:
@@ -47,7 +48,7 @@ class LogitScale(nn.Module):
         if learnable:
             self.log_scale = nn.Parameter(log_init)
         else:
-            self.register_buffer("log_scale", log_init)
+            self.register_buffer("log_scale", log_init, persistent=False)
         self.max_log_scale = math.log(max_scale)
 
     def forward(self) -> torch.Tensor:

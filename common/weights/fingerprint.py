@@ -13,6 +13,10 @@ names the base they belong to and the base they were given.
 PEFT adapter tensors (``lora_*``, ``modules_to_save``) never count as base weights, and PEFT's renaming of the
 wrapped layers (``base_model.model.``, ``.base_layer``, ``.original_module``) is undone, so the fingerprint of a
 model is the same before and after LoRA is put in or loaded.
+
+A record that leaves the machine (the model zoo's ``models/model.pt``) goes through :func:`portable_record`: every
+absolute path in it (the base model's folder, a training manifest) is cut to its last component, the name a user
+elsewhere can match, while the fingerprint, names and configs that identify the base stay as they are.
 """
 
 from __future__ import annotations
@@ -33,11 +37,15 @@ __all__ = [
     "base_record",
     "check_base_record",
     "combine_fingerprints",
+    "portable_record",
 ]
 
 BASE_FINGERPRINT_KEY = "base_model_fingerprint"
 BASE_NAME_KEY = "base_model_name_or_path"  # the key PEFT's adapter_config.json uses for the same thing
 _ADAPTER_PART = re.compile(r"(^|\.)(lora_[A-Za-z_]+|modules_to_save|prompt_encoder)(\.|$)")
+# an absolute POSIX path (not one inside a URL or a word) or a Windows drive path; group 1 is its last component
+_PATH_PART, _SEP = r"[^\s,;'\"()\[\]{}<>|\\/]+", r"(?:/|\\+)"
+_ABSOLUTE_PATH = re.compile(rf"(?<![\w.:/~])(?:/|[A-Za-z]:{_SEP})(?:{_PATH_PART}{_SEP})*({_PATH_PART}){_SEP}?")
 _PEFT_WRAPPERS = (re.compile(r"(^|\.)base_model\.model\."), re.compile(r"\.(base_layer|original_module)(?=\.)"))
 
 
@@ -94,6 +102,19 @@ def base_record(fingerprint: str, name_or_path: str | None = "") -> dict[str, st
     if not fingerprint:
         raise ValueError("a checkpoint needs the fingerprint of its base model; got an empty fingerprint")
     return {BASE_FINGERPRINT_KEY: fingerprint, BASE_NAME_KEY: str(name_or_path or f"medvlm-base:{fingerprint[:16]}")}
+
+
+def portable_record(record: Mapping[str, str]) -> dict[str, str]:
+    """``record`` with every absolute path in its values cut to the path's last component.
+
+    ``/home/me/models/all-MiniLM-L6-v2`` becomes ``all-MiniLM-L6-v2`` (in a value of its own, in a JSON value or in
+    a comma-separated list alike); fingerprints, names and configs are unchanged, so :func:`check_base_record`
+    refuses another base exactly as before.
+
+    Args:
+        record: a checkpoint record, ``{str: str}`` (non-string values JSON-encoded, as the save handler writes them).
+    """
+    return {key: _ABSOLUTE_PATH.sub(lambda match: match.group(1), str(value)) for key, value in record.items()}
 
 
 def check_base_record(recorded: Mapping[str, Any], fingerprint: str, source: str, given_name: str = "") -> None:

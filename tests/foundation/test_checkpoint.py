@@ -87,9 +87,10 @@ def test_model_pt_holds_the_best_weights_and_base_record_and_refuses_another_bas
     model, path = _run_epochs(tmp_path, [0.2, 0.9, 0.5], True, model_pt="model.safetensors")
     model_pt = tmp_path / "model.pt"
     content = torch.load(model_pt, weights_only=True)  # the model zoo's reader: no pickled objects
-    assert sorted(content) == ["base_record", "model"]
-    torch.testing.assert_close(content["model"]["head.weight"], load_file(str(path))["head.weight"], rtol=0, atol=0)
+    assert sorted(content) == ["head.weight"]  # flat: the network's own state dict, as ckpt_export loads it
+    torch.testing.assert_close(content["head.weight"], load_file(str(path))["head.weight"], rtol=0, atol=0)
     fingerprint = base_fingerprint(model, exclude_trainable=True)
+    assert content._metadata[""]["base_record"]["base_model_fingerprint"] == fingerprint  # in the state dict
     assert read_checkpoint_metadata(model_pt) == read_checkpoint_metadata(path)
     assert read_checkpoint_metadata(model_pt)["base_model_fingerprint"] == fingerprint
     with torch.no_grad():
@@ -105,6 +106,41 @@ def test_model_pt_holds_the_best_weights_and_base_record_and_refuses_another_bas
     other["frozen"].requires_grad_(False)
     with pytest.raises(ValueError, match="belongs to base model medvlm-base:"):
         load_trained_weights(other, model_pt, base_fingerprint(other, exclude_trainable=True), "other")
+
+
+def test_model_pt_record_names_the_base_without_local_paths_and_still_refuses_another(tmp_path):
+    model = torch.nn.ModuleDict({"head": torch.nn.Linear(2, 1, bias=False), "frozen": torch.nn.Linear(2, 2)})
+    model["frozen"].requires_grad_(False)
+    fingerprint = base_fingerprint(model, exclude_trainable=True)
+    record = {"image_model": "/home/alice/models/dinov2-base", "lora": json.dumps({"path": "/srv/llm/", "rank": 4})}
+    handler = TrainedWeightsSaveHandler(tmp_path, fingerprint, "/home/alice/models/Llama-3.2-1B", record=record)
+    handler.model_pt = "model.safetensors"
+    handler({"head.weight": model["head"].weight.detach()}, "model.safetensors")
+    shipped = read_checkpoint_metadata(tmp_path / "model.pt")
+    assert "/home/alice" not in json.dumps(shipped) and "/srv" not in json.dumps(shipped)
+    assert shipped["base_model_name_or_path"] == "Llama-3.2-1B" and shipped["image_model"] == "dinov2-base"
+    assert json.loads(shipped["lora"]) == {"path": "llm", "rank": 4}
+    assert shipped["base_model_fingerprint"] == fingerprint
+    load_trained_weights(model, tmp_path / "model.pt", fingerprint)
+    other = torch.nn.ModuleDict({"head": torch.nn.Linear(2, 1, bias=False), "frozen": torch.nn.Linear(2, 2)})
+    other["frozen"].requires_grad_(False)
+    with pytest.raises(ValueError, match="belongs to base model Llama-3.2-1B"):
+        load_trained_weights(other, tmp_path / "model.pt", base_fingerprint(other, exclude_trainable=True))
+
+
+def test_model_pt_of_the_earlier_nested_form_loads_and_one_without_record_is_refused(tmp_path):
+    model = torch.nn.ModuleDict({"head": torch.nn.Linear(2, 1, bias=False)})
+    fingerprint = base_fingerprint(model, exclude_trainable=True)
+    state = {"head.weight": torch.full((1, 2), 3.0)}
+    torch.save({"model": state, "base_record": {"base_model_fingerprint": fingerprint}}, tmp_path / "nested.pt")
+    load_trained_weights(model, tmp_path / "nested.pt", fingerprint)
+    torch.testing.assert_close(model["head"].weight, state["head.weight"], rtol=0, atol=0)
+    torch.save(dict(state), tmp_path / "bare.pt")  # a plain dict: no _metadata, so no record
+    with pytest.raises(ValueError, match="bare.pt records no base_model_fingerprint"):
+        load_trained_weights(model, tmp_path / "bare.pt", fingerprint)
+    torch.save({"weights": state}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt: expected a flat state dict"):
+        read_checkpoint_metadata(tmp_path / "other.pt")
 
 
 def test_no_model_pt_unless_asked(tmp_path):

@@ -231,8 +231,8 @@ def test_model_pt_reloads_to_identical_generations_and_refuses_another_base(word
     expected = model.generate(prompt_batch, max_new_tokens=10, num_beams=2)
     save_report_gen_checkpoint(model, tmp_path / "stage2", {"projector_type": "linear"}, model_pt=True)
     content = torch.load(tmp_path / "model.pt", weights_only=True)  # the model zoo's reader
-    assert {k.split(".")[0] for k in content["model"]} == {"projector", "llm_lora"}
-    assert sum(v.numel() for v in content["model"].values()) == sum(
+    assert {k.split(".")[0] for k in content} == {"projector", "llm_lora"}
+    assert sum(v.numel() for v in content.values()) == sum(
         p.numel() for p in model.parameters() if p.requires_grad
     )  # only what trained
     fresh = tiny_generator(word_tokenizer)  # same base, untrained projector, no adapters

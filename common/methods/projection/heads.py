@@ -4,18 +4,22 @@ The paper trains, per modality, a Linear-ReLU-Linear head on frozen foundation-m
 the projections as features downstream. The official code caps the hidden width at ``min(d_in // 2, 16)``;
 here it is a parameter (``hidden_dim=16`` reproduces the paper, the bundle's default is wider). Dropout and
 LayerNorm are options the paper does not use.
+
+Every module here is TorchScript-scriptable: :class:`DualProjectionModel` takes ``Dict[str, Tensor]``, and
+:class:`ImageProjection` (the bundle's ``traceable_network_def``) is its image side as one tensor in, one tensor out,
+with the model's own state-dict keys, so MONAI's ``ckpt_export`` loads ``models/model.pt`` into it strictly.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from common.losses.clip_loss import LogitScale
 from common.weights.fingerprint import combine_fingerprints
 from torch import nn
 
-__all__ = ["ProjectionHead", "DualProjectionModel", "encoders_fingerprint"]
+__all__ = ["DualProjectionModel", "ImageProjection", "ProjectionHead", "encoders_fingerprint"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -60,7 +64,7 @@ class ProjectionHead(nn.Module):
         if embeddings.ndim != 2 or embeddings.shape[1] != self.in_dim:
             # the official code hard-codes input_dim=768 and fails with a bare shape error; name the mismatch
             raise ValueError(
-                f"projection head expects embeddings of shape (B, {self.in_dim}), got {tuple(embeddings.shape)}"
+                f"projection head expects embeddings of shape (B, {self.in_dim}), got {list(embeddings.shape)}"
             )
         return self.net(embeddings.float())
 
@@ -103,15 +107,40 @@ class DualProjectionModel(nn.Module):
             "learnable_logit_scale": learnable_logit_scale,
         }
 
-    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"image_embedding": (B, D_i), "text_embedding": (B, D_t)}`` (either may be absent; other entries are
+        ignored) -> ``{"logit_scale": (), "image_projection": (B, out_dim), "text_projection": (B, out_dim)}``."""
         out: dict[str, torch.Tensor] = {"logit_scale": self.logit_scale()}
         if "image_embedding" in batch:
             out["image_projection"] = self.image_head(batch["image_embedding"])
         if "text_embedding" in batch:
             out["text_projection"] = self.text_head(batch["text_embedding"])
         if len(out) == 1:
-            raise ValueError(f"batch has neither 'image_embedding' nor 'text_embedding'; keys: {sorted(batch)}")
+            raise ValueError(f"batch has neither 'image_embedding' nor 'text_embedding'; keys: {sorted(batch.keys())}")
         return out
+
+
+class ImageProjection(nn.Module):
+    """The image side of a :class:`DualProjectionModel`: ``(B, D_i)`` image embeddings -> ``(B, out_dim)``.
+
+    What ``network_data_format`` describes and MONAI's ``verify_net_in_out`` and ``ckpt_export`` take (one tensor in,
+    one out). It shares the model's modules and keeps its state-dict keys (``image_head.*``, ``text_head.*``,
+    ``logit_scale.*``), so ``models/model.pt``, the model's state dict, loads into it strictly; the text head is
+    carried, not run.
+
+    Args:
+        model: the (trained) dual model.
+    """
+
+    def __init__(self, model: DualProjectionModel) -> None:
+        super().__init__()
+        self.image_head = model.image_head
+        self.text_head = model.text_head
+        self.logit_scale = model.logit_scale
+
+    def forward(self, image_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, D_i) -> (B, out_dim), as ``DualProjectionModel(...)["image_projection"]``."""
+        return self.image_head(image_embedding)
 
 
 def encoders_fingerprint(image_encoder: Any, text_encoder: Any) -> str:

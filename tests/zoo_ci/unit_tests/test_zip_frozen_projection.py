@@ -29,6 +29,7 @@ def test_zip_trains_passes_the_zoo_checks_and_infers_standalone(tmp_path):
     released = packaged(NAME, tmp_path, model=model, tag="released")
     output = zoo_checks(released.parent, NAME, "min", "full")
     assert f"{NAME}: verify_bundle min passed" in output and f"{NAME}: verify_bundle full passed" in output
+    assert "export weights into TorchScript module successfully" in output  # not excluded: the zoo's ckpt_export ran
 
     # the downloaded release infers on its own (vendored code, shipped models/), from its folder, on the demo
     # training's data (outside the release: nothing is generated in it)
