@@ -220,6 +220,20 @@ def run_files(model: Path) -> list[tuple[Path, str]]:
     return files
 
 
+def _run_file_bytes(file: Path) -> bytes:
+    """``file`` as shipped: the tokenizer's record (``built_from.json``) without the absolute paths of the machine
+    that trained (:func:`common.weights.fingerprint.portable_record`, as for ``model.pt``'s record); others as is."""
+    if file.name != "built_from.json":
+        return file.read_bytes()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from common.weights.fingerprint import portable_record
+
+    record = json.loads(file.read_text())
+    strings = portable_record({k: v for k, v in record.items() if isinstance(v, str)})
+    return (json.dumps({**record, **strings}, indent=2, sort_keys=True) + "\n").encode()
+
+
 def run_model(run: Path) -> Path:
     """The ``models/model.pt`` that training wrote in the run whose ``bundle_root`` is ``run``."""
     model = run / "models" / "model.pt"
@@ -277,7 +291,7 @@ def package(name: str, out_dir: Path, model: Path | None = None) -> Path:
         if model is not None:
             archive.writestr(f"{name}/models/model.pt", _model_bytes(model))
             for file, relative in run_files(model):
-                archive.write(file, f"{name}/models/{relative}")
+                archive.writestr(f"{name}/models/{relative}", _run_file_bytes(file))
     return target
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -85,7 +86,9 @@ def test_package_ships_the_model_pt_of_a_trained_run_with_its_record(tmp_path):
     state = {"image_head.net.0.weight": torch.randn(4, 3), "image_head.net.0.bias": torch.randn(4)}
     record = {"base_model_fingerprint": "f" * 64, "network": '{"image_dim": 3}'}
     save_model_pt(state, tmp_path / "run" / "models" / "model.pt", record)
-    run_files = {"tokenizer/tokenizer.json": "{}", "tokenizer/built_from.json": "{}", "resume/model.pt": "x"}
+    built_from = {"training_manifest": "/home/me/cxr/manifest.csv", "training_rows": 40, "training_data_sha256": "a"}
+    run_files = {"tokenizer/tokenizer.json": "{}", "tokenizer/built_from.json": json.dumps(built_from)}
+    run_files["resume/model.pt"] = "x"
     for relative, text in run_files.items():
         (tmp_path / "run" / "models" / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "run" / "models" / relative).write_text(text)
@@ -95,6 +98,9 @@ def test_package_ships_the_model_pt_of_a_trained_run_with_its_record(tmp_path):
     with zipfile.ZipFile(archive) as zipped:
         zipped.extract("frozen_projection/models/model.pt", tmp_path / "out")
         models = sorted(n for n in zipped.namelist() if n.startswith("frozen_projection/models/"))
+        shipped_built_from = json.loads(zipped.read("frozen_projection/models/tokenizer/built_from.json"))
+    # the tokenizer's record ships without the training machine's paths; its rows' hash (what is checked) is kept
+    assert shipped_built_from == {**built_from, "training_manifest": "manifest.csv"}
     expected = ["model.pt", "tokenizer/built_from.json", "tokenizer/tokenizer.json"]
     assert models == [f"frozen_projection/models/{n}" for n in expected]
     shipped = tmp_path / "out" / "frozen_projection" / "models" / "model.pt"
