@@ -295,8 +295,8 @@ pairwise loss. The cached side reads every batch from the memory-mapped cache th
 merges them into one memory-mapped shard (more than `max_shards=4` large shards: a whole rewrite). The epoch read
 is `DataLoader(CachedEmbeddingDataset, batch_sampler=ShuffledBatchSampler(N, {batch}))`, as the bundle's
 `train.json` reads its training split: the sampler hands each batch's indices as one slice of one permutation (no
-Python step per index; the batches of `shuffle=True`) that also names its read-ahead block (16 consecutive batches
-of the permutation); the dataset reads a block in one `EmbeddingCache.read` per tower (one fancy index of the map
+Python step per index; the batches of `shuffle=True`) that also names its read-ahead block (the consecutive batches
+of the permutation that fit in 2,048 rows: 16 at batch 128, 4 at 512); the dataset reads a block in one `EmbeddingCache.read` per tower (one fancy index of the map
 into a reused float16 buffer, one float16 -> float32 cast (torch's), one sum to check the block is finite) and one
 label gather, and hands each batch out as its rows of that read. Keys are resolved once per run
 ({headline["locate_s_per_million_keys"]:.2f} s per million keys, not in the epoch). The plain copy is
