@@ -293,10 +293,12 @@ pairwise loss. The cached side reads every batch from the memory-mapped cache th
 
 {args.dim}-dim float16 rows, written in shards of {reads[0]["shard_rows"]:,} rows, then `EmbeddingCache.compact()`
 merges them into one memory-mapped shard (more than `max_shards=4` large shards: a whole rewrite). The epoch read
-is `DataLoader(CachedEmbeddingDataset, batch_sampler=ShuffledBatchSampler(N, {batch}))`: the sampler hands each
-batch's indices as one slice of one permutation (no Python step per index; the batches of `shuffle=True`), and per
-batch and tower one `EmbeddingCache.read` = one fancy index of the map into a reused float16 buffer, one float16 ->
-float32 cast (torch's), one sum to check the block is finite. Keys are resolved once per run
+is `DataLoader(CachedEmbeddingDataset, batch_sampler=ShuffledBatchSampler(N, {batch}))`, as the bundle's
+`train.json` reads its training split: the sampler hands each batch's indices as one slice of one permutation (no
+Python step per index; the batches of `shuffle=True`) that also names its read-ahead block (the consecutive batches
+of the permutation that fit in 2,048 rows: 16 at batch 128, 4 at 512); the dataset reads a block in one `EmbeddingCache.read` per tower (one fancy index of the map
+into a reused float16 buffer, one float16 -> float32 cast (torch's), one sum to check the block is finite) and one
+label gather, and hands each batch out as its rows of that read. Keys are resolved once per run
 ({headline["locate_s_per_million_keys"]:.2f} s per million keys, not in the epoch). The plain copy is
 `np.array` of every {reads[0]["shard_rows"]:,}-row block of the shards on disk at that moment: the same bytes,
 sequential, into fresh memory. "Gather + cast only" is the floor under the read: the same shuffled batches, one `np.take` and one cast per
@@ -325,12 +327,16 @@ def main() -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (2,000 and 5,000 rows x 64)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="folder of the temporary caches (default: the temp dir)"
+    )
     args = parser.parse_args()
     if args.tiny:
         args.rows, args.dim, args.batch_sizes, args.large_rows = [2_000, 5_000], 64, [128, 512], [3_000]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)  # steadier timings on a shared machine; both sides of each ratio run alike
-    work = Path(tempfile.mkdtemp(prefix="fp_bench_", dir=ROOT / "benchmarks"))
+    work = Path(tempfile.mkdtemp(prefix="fp_bench_", dir=args.work))  # never inside the repository
+    load_at_start = os.getloadavg()
     reads = []
     try:
         epoch = bench_epoch(work)
@@ -355,6 +361,7 @@ def main() -> None:
     result = {
         "machine": machine,
         "load": "shared with other jobs",
+        "load_average_1min_at_start_and_end": [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)],
         "epoch": epoch,
         "cache_read": reads,
         "frozen_cache_training_read_vs_copy": headline["training_epoch_read"][args.batch_sizes[0]][
@@ -370,7 +377,8 @@ def main() -> None:
     write_text_atomic(
         _markdown(
             args,
-            machine,
+            f"{machine}; 1-minute load average {result['load_average_1min_at_start_and_end'][0]} at the start "
+            f"and {result['load_average_1min_at_start_and_end'][1]} at the end",
             result["epoch"],
             result["cache_read"],
             next(r for r in result["cache_read"] if r["rows"] == headline["rows"]),

@@ -138,3 +138,24 @@ def test_shuffled_batch_sampler_gives_the_batches_of_shuffle_true(drop_last):
     loader = torch.utils.data.DataLoader(range(50), batch_sampler=sampler, collate_fn=torch.as_tensor)
     got = [batch.tolist() for batch in loader]  # the DataLoader draws its base seed first, as for shuffle=True
     assert got == expected and len(sampler) == len(expected)
+
+
+def test_a_block_of_batches_is_read_once_and_each_batch_gets_its_own_rows(tmp_path):
+    cache = EmbeddingCache(tmp_path, IDENTITY)
+    keys = [f"r{i}" for i in range(45)]
+    rows = np.stack([_vector(k) for k in keys])
+    cache.add(keys, rows)
+    dataset = CachedEmbeddingDataset(cache, cache.locate(keys), cache, cache.locate(keys[::-1]), np.arange(45))
+    reads = []
+    read = cache.read
+    cache.read = lambda locations, *args: reads.append(len(locations)) or read(locations, *args)
+    sampler = ShuffledBatchSampler(45, 8, generator=torch.Generator().manual_seed(0), read_ahead=3)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=lambda batch: batch)
+    seen = []
+    for batch in loader:
+        labels = batch["label"].numpy()
+        np.testing.assert_array_equal(batch["image_embedding"].numpy(), rows[labels])
+        np.testing.assert_array_equal(batch["text_embedding"].numpy(), rows[44 - labels])
+        seen.append(labels.tolist())
+    assert [len(s) for s in seen] == [8, 8, 8, 8, 8, 5] and sorted(sum(seen, [])) == list(range(45))
+    assert reads == [24, 24, 21, 21]  # two blocks (3 batches, then 2 + the rest), each read once per tower

@@ -75,6 +75,22 @@ def test_loss_falls_and_held_out_pair_auroc_rises(trained):
     assert after > 0.68
 
 
+def test_training_reads_its_batches_from_the_embedding_cache(trained):
+    from common.methods.projection.cached_dataset import CachedEmbeddingDataset
+
+    parser = trained["parser"]
+    dataset = parser.get_parsed_content("train#dataset")
+    assert isinstance(dataset, CachedEmbeddingDataset)  # the memory-mapped shards, not the table's arrays
+    train = [r for r in trained["table"] if r["split"] == "train"]
+    batch = next(iter(parser.get_parsed_content("train#dataloader")))
+    assert batch["image_embedding"].shape == (parser["batch_size"], len(train[0]["image_embedding"]))
+    for indices in list(parser.get_parsed_content("train#batch_sampler"))[:2]:
+        batch = dataset.__getitems__(indices)
+        for name in ("image_embedding", "text_embedding"):
+            np.testing.assert_array_equal(batch[name].numpy(), np.stack([train[i][name] for i in indices]))
+        assert batch["label"].tolist() == [train[i]["label"] for i in indices]
+
+
 def test_checkpoint_reloads_to_identical_outputs(trained):
     final = trained["root"] / "models" / "model_final.safetensors"
     best = trained["root"] / "models" / "model.safetensors"

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["extract_embeddings", "build_embedding_table", "BadRowError"]
+__all__ = ["extract_embeddings", "extract_embedding_keys", "build_embedding_table", "BadRowError"]
 
 
 class BadRowError(ValueError):
@@ -59,6 +59,36 @@ def extract_embeddings(
 ) -> tuple[np.ndarray, list[int]]:
     """Embed ``rows`` (manifest rows) with a frozen ``encoder``, through the cache.
 
+    :func:`extract_embedding_keys`, then every kept row's embedding read from the cache (arguments alike).
+
+    Returns:
+        ``(embeddings (N_kept, D) float32, kept row indices)``.
+    """
+    cache, keys, kept = extract_embedding_keys(encoder, rows, modality, cache_dir, batch_size, skip_bad_rows, progress)
+    return _read_rows(cache, keys, kept, rows, modality), kept
+
+
+def _read_rows(cache: EmbeddingCache, keys: list[str], kept: list[int], rows: Sequence[dict], modality: str):
+    """(N_kept, D) float32 embeddings of ``keys``; a non-finite cached row names the manifest row it belongs to."""
+    try:
+        return cache.get(keys)
+    except NonFiniteEmbeddingError as err:  # a corrupted cache file
+        row = next((rows[i] for i, key in zip(kept, keys) if key == err.key), None)
+        source = describe_source(row, "report" if modality == "text" else "image") if row else "an unknown row"
+        raise NonFiniteEmbeddingError(f"{modality} embedding of {source}: {err}", err.key, err.location) from None
+
+
+def extract_embedding_keys(
+    encoder,
+    rows: Sequence[dict[str, Any]],
+    modality: str,
+    cache_dir: str | Path,
+    batch_size: int = 32,
+    skip_bad_rows: bool = False,
+    progress: bool = True,
+) -> tuple[EmbeddingCache, list[str], list[int]]:
+    """Embed the ``rows`` (manifest rows) not cached yet with a frozen ``encoder``; the cache keys of all of them.
+
     Args:
         encoder: a :class:`~common.text.frozen_text_encoder.FrozenTextEncoder` or
             :class:`~common.vision.frozen_image_encoder.FrozenImageEncoder` (``identity``, ``prepare``, ``forward``).
@@ -70,7 +100,7 @@ def extract_embeddings(
         progress: show a progress bar while encoding.
 
     Returns:
-        ``(embeddings (N_kept, D) float32, kept row indices)``.
+        ``(cache space of the encoder, cache key of each kept row, kept row indices)``.
     """
     if modality not in ("image", "text"):
         raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
@@ -127,12 +157,7 @@ def extract_embeddings(
     kept = [i for i, k in enumerate(keys) if k is not None]
     if not kept:
         raise ValueError(f"no {modality} embedding could be computed: all {len(rows)} rows were bad")
-    try:
-        return cache.get([keys[i] for i in kept]), kept
-    except NonFiniteEmbeddingError as err:  # a corrupted cache file: name the manifest row the entry belongs to
-        row = first_row.get(err.key or "")
-        source = describe_source(row, "report" if modality == "text" else "image") if row else "an unknown row"
-        raise NonFiniteEmbeddingError(f"{modality} embedding of {source}: {err}", err.key, err.location) from None
+    return cache, [keys[i] for i in kept], kept
 
 
 def _encode_missing(
@@ -188,17 +213,17 @@ def build_embedding_table(
 ) -> list[dict[str, Any]]:
     """Image and text embeddings of every row, as dataset items for the projection heads.
 
-    Returns dicts ``{"image_embedding" (D_i,), "text_embedding" (D_t,), "label", "split", "id", "row",
-    "manifest"}`` for the rows whose image and text could both be embedded.
+    Returns dicts ``{"image_embedding" (D_i,), "text_embedding" (D_t,), "image_key", "text_key", "label",
+    "split", "id", "row", "manifest"}`` for the rows whose image and text could both be embedded (the keys are the
+    rows' cache keys, which :func:`~common.methods.projection.cached_dataset.cached_table_dataset` reads through).
     """
-    image_embeddings, image_kept = extract_embeddings(
-        image_encoder, rows, "image", cache_dir, batch_size, skip_bad_rows
-    )
-    text_embeddings, text_kept = extract_embeddings(text_encoder, rows, "text", cache_dir, batch_size, skip_bad_rows)
-    image_at = dict(zip(image_kept, image_embeddings))
-    text_at = dict(zip(text_kept, text_embeddings))
+    embedded = {}
+    for modality, encoder in (("image", image_encoder), ("text", text_encoder)):
+        cache, keys, kept = extract_embedding_keys(encoder, rows, modality, cache_dir, batch_size, skip_bad_rows)
+        embedded[modality] = dict(zip(kept, zip(_read_rows(cache, keys, kept, rows, modality), keys)))
+    image_at, text_at = embedded["image"], embedded["text"]
     table = []
-    for index in sorted(set(image_kept) & set(text_kept)):
+    for index in sorted(set(image_at) & set(text_at)):
         row = rows[index]
         if label_key not in row:
             raise ValueError(
@@ -206,8 +231,10 @@ def build_embedding_table(
             )
         table.append(
             {
-                "image_embedding": image_at[index],
-                "text_embedding": text_at[index],
+                "image_embedding": image_at[index][0],
+                "text_embedding": text_at[index][0],
+                "image_key": image_at[index][1],
+                "text_key": text_at[index][1],
                 "label": row[label_key],
                 "split": row.get("split", ""),
                 "id": str(row.get("id") or Path(str(row.get("image", index))).stem),
