@@ -289,12 +289,14 @@ def main() -> dict:
     ]
     if dynamic:
         d_chunk, d_gc = dynamic["one_chunk_plain_step"][key], dynamic["gradient_cache"][key]
+        same = [row for row in rows if row["effective_batch"] == dynamic["effective_batch"]]
+        fixed_gc = same[0]["gradient_cache"][key] if same else float("nan")
         lines += [
             (
                 "Same run, glibc's mmap threshold left dynamic (its default): one chunk "
                 f"{d_chunk:.0f} MiB, gradient cache at {dynamic['effective_batch']} {d_gc:.0f} MiB = "
                 f"**{dynamic['gradient_cache_vs_chunk']:.2f}x** one chunk. The difference to the fixed threshold "
-                f"({d_gc - rows[-1]['gradient_cache'][key]:+.0f} MiB for the gradient cache, "
+                f"({d_gc - fixed_gc:+.0f} MiB for the gradient cache, "
                 f"{d_chunk - chunk[key]:+.0f} MiB for one chunk) is freed memory glibc keeps resident in its heap "
                 "after it raised the threshold on the first large free: no tensor holds it, and a GPU's "
                 "caching allocator reuses such blocks instead (`torch.cuda.max_memory_allocated`)."
