@@ -19,8 +19,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # summary key -> (results file, path of keys inside it)
 SOURCES = {
     "frozen_cache_training_read_vs_copy": ("frozen_projection.json", ["frozen_cache_training_read_vs_copy"]),
-    # re-measured alone at 4096 with the chunked loss (the 256-1024 rows of cleft_gradient_cache.json predate it)
-    "gradient_cache_memory_4096_vs_chunk": ("cleft_gradient_cache_4096.json", ["gradient_cache_memory_4096_vs_chunk"]),
+    # all rows (256, 288, 1024, 4096 and one chunk) in one run, chunked loss, glibc mmap threshold fixed
+    "gradient_cache_memory_4096_vs_chunk": ("cleft_gradient_cache.json", ["gradient_cache_memory_4096_vs_chunk"]),
     "generation_batched_speedup": ("report_gen_benchmark.json", ["generation", "generation_batched_speedup"]),
     "kv_cache_speedup_128_tokens": ("report_gen_benchmark.json", ["generation", "kv_cache_speedup_128_tokens"]),
     "ct_zero_shot_speedup_vs_official": ("ctclip_zero_shot_speed.json", ["speedup"]),

@@ -135,7 +135,7 @@ def test_checkpoint_that_does_not_fit_is_listed(trained, tmp_path):
 def test_head_names_a_width_mismatch():
     head = ProjectionHead(768, 16, 128)  # the paper's preset
     assert sum(p.numel() for p in head.parameters()) == (768 * 16 + 16) + (16 * 128 + 128)
-    with pytest.raises(ValueError, match=r"expects embeddings of shape \(B, 768\), got \(2, 1536\)"):
+    with pytest.raises(ValueError, match=r"expects embeddings of shape \(B, 768\), got \[2, 1536\]"):
         head(torch.randn(2, 1536))
 
 
