@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from package_bundle import install_line, pin_problems, read_pins  # noqa: E402
+from package_bundle import install_line, pin_problems, read_pins, requirements  # noqa: E402
 
 BUNDLES = sorted(p.parent.parent.name for p in ROOT.glob("bundles/*/configs/metadata.json"))
 # what the MONAI Label environment has (monailabel 0.8.5 pins numpy<2, jsonschema<4, pydicom<2.5); common installs there
@@ -55,3 +56,15 @@ def test_pyproject_floors_allow_the_monai_label_environment():
         assert requirements[package_name].specifier.contains(version), (
             f"pyproject.toml excludes {package_name} {version}"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python_version", ["3.10", "3.11"])
+def test_the_zips_requirements_resolve_to_wheels_on_the_zoo_and_our_python(python_version, tmp_path):
+    """The pins of all four zips together (each zip's are a subset, and they share every version) resolve to wheels
+    for Python 3.10 (the model zoo's CI) and 3.11 (ours): pip's own resolver, against the index set-up uses."""
+    pins = sorted({pin for name in BUNDLES for pin in requirements(name)})
+    args = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--only-binary=:all:"]
+    args += ["--python-version", python_version, "--target", str(tmp_path / "target"), *pins]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"the zips' pins do not resolve on Python {python_version}:\n{result.stderr[-3000:]}"
